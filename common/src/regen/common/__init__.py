@@ -1,0 +1,3 @@
+"""Pieces shared by every regen part. Nothing here imports torch."""
+
+__version__ = "0.1.0"

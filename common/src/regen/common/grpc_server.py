@@ -1,0 +1,183 @@
+"""Start a regen gRPC server: health, reflection, raised message limits, clean shutdown.
+
+Used the same way by `regen serve` (standalone process) and by each BentoML service's
+on_startup hook, so the gRPC behaviour is identical in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from regen.common.errors import NotReady, RegenError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+E = TypeVar("E")
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Options for servers and clients alike: images exceed gRPC's 4 MiB default."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One servicer: the generated `add_XServicer_to_server` and its full service name."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    service_name: str
+
+
+class EngineSlot(Generic[E]):
+    """Holds the engine once loaded; until then servicers answer UNAVAILABLE."""
+
+    def __init__(self, engine: E | None = None) -> None:
+        self._engine = engine
+
+    def set(self, engine: E) -> None:
+        self._engine = engine
+
+    def get(self) -> E:
+        if self._engine is None:
+            raise NotReady("the model is still loading; retry shortly")
+        return self._engine
+
+
+def _abort_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, RegenError):
+        return exc.code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def grpc_errors(method: Callable) -> Callable:
+    """Turn RegenError into its status code, anything else into INTERNAL (logged)."""
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self, request, context):
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                code, message = _abort_code(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method.__qualname__)
+                await context.abort(code, message)
+
+        return stream_wrapper
+
+    @functools.wraps(method)
+    async def unary_wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            code, message = _abort_code(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__qualname__)
+            await context.abort(code, message)
+
+    return unary_wrapper
+
+
+class GrpcHost:
+    """A grpc.aio server with health and reflection. Create it inside a running loop."""
+
+    def __init__(self, host: str, port: int, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.host = host
+        self.requested_port = port
+        # so_reuseport=0: a second server on the same port must fail, not share it.
+        self.server = grpc.aio.server(options=[*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)])
+        self.health = health.aio.HealthServicer()
+        self.service_names: list[str] = []
+        self.port = 0
+        self.started_at = time.monotonic()
+
+    async def start(self, registrations: Iterable[Registration], *, serving: bool = True) -> int:
+        for reg in registrations:
+            reg.add_to_server(reg.servicer, self.server)
+            self.service_names.append(reg.service_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        address = f"{self.host}:{self.requested_port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind gRPC server to {address}: {exc}") from None
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC server to {address} (port in use?)")
+        await self.server.start()
+        await self.set_serving(serving)
+        log.info("gRPC %s listening on %s:%d", ", ".join(self.service_names), self.host, self.port)
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        for name in self.service_names:
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def serve_until_signal(
+    host: GrpcHost,
+    registrations: list[Registration],
+    load_engine: Callable[[], Any],
+    slot: EngineSlot,
+    *,
+    on_port: Callable[[int], None] | None = None,
+    grace_s: float = 5.0,
+    on_stop: Callable[[], Any] | None = None,
+) -> None:
+    """Bind first (health NOT_SERVING, requests UNAVAILABLE), load the model off the
+    event loop, then serve until SIGTERM or SIGINT and shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start(registrations, serving=False)
+    if on_port is not None:
+        on_port(host.port)
+    loader = asyncio.ensure_future(asyncio.to_thread(load_engine))
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if loader in done:
+            slot.set(loader.result())  # re-raises a load failure
+            await host.set_serving(True)
+            log.info("model loaded; serving")
+            await stop.wait()
+    finally:
+        waiter.cancel()
+        log.info("shutting down")
+        await host.stop(grace_s)
+        if on_stop is not None:
+            result = on_stop()
+            if inspect.isawaitable(result):
+                await result

@@ -1,0 +1,61 @@
+"""Run one model service as a standalone process: `regen serve <service>`.
+
+Each service package provides `build_engine(settings)` and `registrations(slot, settings)`;
+this module binds the gRPC port first (health NOT_SERVING), loads the model, flips
+health to SERVING, and shuts down gracefully on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from regen.common.config import ServiceSettings
+from regen.common.grpc_server import EngineSlot, GrpcHost, Registration, serve_until_signal
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Atomically publish the bound port (for launchers that asked for port 0)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def run_service(
+    settings: ServiceSettings,
+    build_engine: Callable[[ServiceSettings], Any],
+    registrations: Callable[[EngineSlot, ServiceSettings], list[Registration]],
+    *,
+    port_file: Path | None = None,
+    close_engine: Callable[[Any], Any] | None = None,
+) -> None:
+    logging.basicConfig(
+        level=os.environ.get("REGEN_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+    async def main() -> None:
+        slot: EngineSlot = EngineSlot()
+        host = GrpcHost(settings.host, settings.port, max_message_bytes=settings.max_message_bytes)
+
+        def on_stop() -> Any:
+            if close_engine is not None:
+                try:
+                    return close_engine(slot.get())
+                except Exception:
+                    return None
+            return None
+
+        await serve_until_signal(
+            host,
+            registrations(slot, settings),
+            lambda: build_engine(settings),
+            slot,
+            on_port=(lambda port: write_port_file(port_file, port)) if port_file else None,
+            on_stop=on_stop,
+        )
+
+    asyncio.run(main())

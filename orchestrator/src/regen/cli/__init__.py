@@ -1,0 +1,1 @@
+"""The `regen` command. Subcommands import heavy packages only when they run."""

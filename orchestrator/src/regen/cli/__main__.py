@@ -1,0 +1,3 @@
+from regen.cli.main import main
+
+main()

@@ -1,0 +1,160 @@
+"""Start model services as local processes on free 127.0.0.1 ports.
+
+This is the embedded default of `regen run` (no addresses given) and the way tests get
+real servers. Each service is `python -m regen.cli serve <name> --port 0 --port-file F`:
+the child binds a free port itself and publishes it, so there is no race for ports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVICES: tuple[str, ...] = ("describer", "generator", "scorer")
+
+
+class LaunchError(RuntimeError):
+    """A local service did not come up; the message includes the end of its log."""
+
+
+def wait_for_serving(
+    address: str, *, timeout_s: float, service: str = "", proc: subprocess.Popen | None = None
+) -> None:
+    """Poll grpc.health.v1 until SERVING; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise LaunchError(f"{service or address} exited with code {proc.returncode} before serving")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{service or address} at {address} not SERVING after {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+
+@dataclass
+class LocalService:
+    name: str
+    process: subprocess.Popen
+    address: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalServices:
+    """Context manager: start services, wait until all are SERVING, stop them on exit."""
+
+    names: Sequence[str] = SERVICES
+    preset: str | None = None
+    config_file: Path | None = None
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    env: dict[str, str] | None = None
+    startup_timeout_s: float = 300.0
+    log_dir: Path | None = None
+    services: dict[str, LocalService] = field(default_factory=dict)
+
+    def __enter__(self) -> LocalServices:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def address(self, name: str) -> str:
+        return self.services[name].address
+
+    def start(self) -> None:
+        log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="regen-services-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        pending: dict[str, tuple[subprocess.Popen, Path, Path]] = {}
+        try:
+            for name in self.names:
+                port_file = log_dir / f"{name}.port"
+                port_file.unlink(missing_ok=True)
+                log_path = log_dir / f"{name}.log"
+                cmd = [sys.executable, "-m", "regen.cli", "serve", name, "--host", "127.0.0.1", "--port", "0"]
+                cmd += ["--port-file", str(port_file)]
+                if self.preset:
+                    cmd += ["--preset", self.preset]
+                if self.config_file:
+                    cmd += ["--config", str(self.config_file)]
+                cmd += self.extra_args.get(name, [])
+                with log_path.open("wb") as log:
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env={**os.environ, **(self.env or {})},
+                        start_new_session=True,
+                    )
+                pending[name] = (proc, port_file, log_path)
+            deadline = time.monotonic() + self.startup_timeout_s
+            for name, (proc, port_file, log_path) in pending.items():
+                while not port_file.exists():
+                    if proc.poll() is not None:
+                        raise LaunchError(self._failure(name, proc, log_path, "exited before binding"))
+                    if time.monotonic() > deadline:
+                        raise LaunchError(self._failure(name, proc, log_path, "did not bind in time"))
+                    time.sleep(0.05)
+                address = f"127.0.0.1:{int(port_file.read_text())}"
+                self.services[name] = LocalService(name, proc, address, log_path)
+            for name, svc in self.services.items():
+                try:
+                    wait_for_serving(svc.address, timeout_s=max(1.0, deadline - time.monotonic()), proc=svc.process)
+                except LaunchError as exc:
+                    raise LaunchError(self._failure(name, svc.process, svc.log_path, str(exc))) from None
+        except BaseException:
+            for proc, _, _ in pending.values():
+                _terminate(proc)
+            self.services.clear()
+            raise
+
+    @staticmethod
+    def _failure(name: str, proc: subprocess.Popen, log_path: Path, what: str) -> str:
+        try:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        except OSError:
+            tail = ""
+        return f"local {name} service {what} (exit code {proc.poll()}); log {log_path}:\n{tail}"
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        for svc in self.services.values():
+            _terminate(svc.process, timeout_s)
+        self.services.clear()
+
+
+def _terminate(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
