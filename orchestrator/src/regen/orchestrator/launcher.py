@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from regen.common.healthcheck import check
 
 SERVICES: tuple[str, ...] = ("describer", "generator", "scorer")
 
@@ -32,20 +31,12 @@ def wait_for_serving(
 ) -> None:
     """Poll grpc.health.v1 until SERVING; fail early if `proc` exits."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise LaunchError(f"{service or address} exited with code {proc.returncode} before serving")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise LaunchError(f"{service or address} at {address} not SERVING after {timeout_s:.0f} s")
-            time.sleep(0.1)
+    while not check(address, timeout_s=2.0):
+        if proc is not None and proc.poll() is not None:
+            raise LaunchError(f"{service or address} exited with code {proc.returncode} before serving")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"{service or address} at {address} not SERVING after {timeout_s:.0f} s")
+        time.sleep(0.1)
 
 
 @dataclass

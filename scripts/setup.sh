@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv with every regen part installed (editable) and the test tools.
+# Idempotent: does nothing when the dependency files are unchanged since the last run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+VENV=${REGEN_VENV:-.venv}
+PARTS=(proto common orchestrator services/scorer services/generator services/describer tools/tiny_models)
+
+stamp_inputs() { cat constraints.txt requirements-dev.txt "${PARTS[@]/%//pyproject.toml}" | sha256sum | cut -c1-16; }
+stamp="$VENV/.regen-setup-$(stamp_inputs)"
+if [[ -f "$stamp" ]]; then
+  exit 0
+fi
+
+echo "setup: creating $VENV (first run takes a few minutes: torch is large)" >&2
+"$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
+"${pip[@]}" install -q --upgrade pip
+# torch first, from plain pip: it is the one CPU-runnable build this machine's local wheels offer.
+"${pip[@]}" install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+editable=()
+for part in "${PARTS[@]}"; do editable+=(-e "./$part"); done
+"${pip[@]}" install -q -c constraints.txt "${editable[@]}" -r requirements-dev.txt
+rm -f "$VENV"/.regen-setup-*
+touch "$stamp"
+echo "setup: done; activate with: source $VENV/bin/activate" >&2
