@@ -22,6 +22,8 @@ os.environ.setdefault("REGEN_TINY_MODELS", str(REPO_ROOT / ".cache" / "tiny-mode
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Several service processes share two cores in CI; one thread each avoids oversubscription.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def evalref_dir() -> Path:

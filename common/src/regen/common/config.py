@@ -83,6 +83,11 @@ class ScorerSettings(ServiceSettings):
     max_batch: int = Field(64, ge=1)
     max_candidates: int = Field(64, ge=1)
     reference_cache_size: int = Field(512, ge=0)
+    # Decoded pixels one Score request may occupy (reference + candidates + candidates
+    # resized for SSIM); larger requests get RESOURCE_EXHAUSTED before any decoding.
+    max_request_pixels: int = Field(256 * 1024 * 1024, ge=1)
+    # Pixels per SSIM chunk: bounds SSIM's working memory (~60 bytes per pixel).
+    ssim_chunk_pixels: int = Field(4 * 1024 * 1024, ge=1)
 
 
 class GeneratorSettings(ServiceSettings):
@@ -100,16 +105,32 @@ class GeneratorSettings(ServiceSettings):
     steps: int = Field(30, ge=1)
     guidance_scale: float = 7.5
     negative_prompt: str = ""
+    # Class name of a diffusers scheduler to use instead of the model's, e.g. "EulerDiscreteScheduler".
     scheduler: str | None = None
+    # torch.compile the UNet / transformer (GPU; the first batch of each shape compiles).
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     max_batch: int = Field(8, ge=1)
     max_prompt_chars: int = Field(4000, ge=1)
+    # Largest accepted request values (a huge size or step count would hold the GPU for minutes).
+    max_steps: int = Field(500, ge=1)
+    max_side: int = Field(2048, ge=8)
     png_compress_level: int = Field(1, ge=0, le=9)
-    # OpenAI-compatible Images API (engine "openai").
+    # Threads that encode PNGs while the model runs the next batch.
+    png_threads: int = Field(2, ge=1)
+    # OpenAI-compatible Images API (engine "openai"); `model` is the API's model name.
     api_base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # A file holding the key (e.g. a mounted Kubernetes secret); used when the env var is unset.
+    api_key_file: str | None = None
     api_timeout_s: float = Field(120.0, gt=0)
+    # Retries of 429, 408/409 and 5xx answers and connection errors, with the openai client's
+    # exponential backoff (0.5 s doubling to 8 s, or the server's Retry-After up to 2 min).
     api_max_retries: int = Field(4, ge=0)
+    # Requests in flight at once to the API.
+    api_concurrency: int = Field(4, ge=1)
+    # Extra fields sent with every images.generate call, e.g. {"quality": "high"}.
+    api_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class DescriberSettings(ServiceSettings):
@@ -120,19 +141,37 @@ class DescriberSettings(ServiceSettings):
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     revision: str | None = None
-    max_new_tokens: int = Field(512, ge=1)
+    # Cap on generated tokens per model call; each task's own limit is the longest answer
+    # its schema allows, so a larger value never lets an answer run on.
+    max_new_tokens: int = Field(2048, ge=16)
     max_repairs: int = Field(2, ge=0)
     variants_temperature: float = Field(0.8, ge=0)
+    # Longest text input (prompt, difference, IUT field) a request may carry.
     max_prompt_chars: int = Field(4000, ge=1)
     # Longest side the image is resized to before the model sees it.
     image_max_side: int = Field(448, ge=14)
+    # Answer bounds, written into every JSON schema (and so into the cache key):
+    # long texts (global description, prompts, rationale) and short fields (features,
+    # names, attributes, relationships, differences).
+    max_text_chars: int = Field(400, ge=8)
+    max_field_chars: int = Field(120, ge=4)
+    max_relationships: int = Field(8, ge=0)
+    max_differences: int = Field(8, ge=1)
+    max_variants: int = Field(8, ge=1)
+    # Hugging Face tokenizer (id or path) that counts prompt tokens exactly, e.g. the
+    # generator's CLIP tokenizer; unset: a conservative word-based estimate.
+    budget_tokenizer: str | None = None
+    # Content-addressed answer cache; default folder ~/.cache/regen/describer.
+    cache_enabled: bool = True
     cache_dir: Path | None = None
     # vLLM
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_model_len: int = Field(8192, ge=256)
-    # OpenAI-compatible chat completions.
+    # OpenAI-compatible chat completions. The key is read from the environment variable
+    # named by api_key_env, else from api_key_file (e.g. a mounted secret); never stored.
     api_base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: Path | None = None
     api_timeout_s: float = Field(120.0, gt=0)
     api_max_retries: int = Field(4, ge=0)
 
@@ -143,7 +182,9 @@ def preset_values(preset: str) -> dict[str, dict[str, Any]]:
     if preset != "tiny":
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     root = tiny_models_dir()
-    cpu = {"device": "cpu", "dtype": "float32"}
+    # One thread: bit-exact CPU results across runs, and no oversubscription when the
+    # three services share a small machine.
+    cpu = {"device": "cpu", "dtype": "float32", "cpu_threads": 1}
     return {
         "scorer": {**cpu, "clip_model": str(root / "clip"), "dinov2_model": str(root / "dinov2")},
         "generator": {
@@ -154,7 +195,20 @@ def preset_values(preset: str) -> dict[str, dict[str, Any]]:
             "steps": 4,
             "guidance_scale": 5.0,
         },
-        "describer": {**cpu, "model": str(root / "qwen2.5-vl"), "max_new_tokens": 96, "image_max_side": 56},
+        # Short answer bounds keep the random-weight model's constrained answers (which
+        # often run to every length limit) to a few hundred tokens.
+        "describer": {
+            **cpu,
+            "model": str(root / "qwen2.5-vl"),
+            "max_new_tokens": 1536,
+            "image_max_side": 56,
+            "max_text_chars": 32,
+            "max_field_chars": 8,
+            "max_relationships": 2,
+            "max_differences": 2,
+            "max_variants": 4,
+            "max_batch": 4,
+        },
     }
 
 

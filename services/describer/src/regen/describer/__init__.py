@@ -1,0 +1,1 @@
+"""The describer service: a multimodal LLM that understands, prompts, compares and judges."""

@@ -1,0 +1,1 @@
+"""Describer backends behind one interface (`base.Backend`); `factory.create_backend` picks one."""

@@ -1,0 +1,93 @@
+"""What every describer backend takes and returns.
+
+A backend turns one chat (system, user, maybe a failed answer and a repair request) with
+images and a JSON schema into text. It knows nothing of tasks, caching or validation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from PIL import Image
+
+from regen.common.batching import BatchStats
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    # Text and images in order; images are RGB, already resized for the model.
+    parts: tuple[str | Image.Image, ...]
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [p for p in self.parts if isinstance(p, Image.Image)]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(p for p in self.parts if isinstance(p, str))
+
+
+@dataclass(frozen=True, eq=False)
+class ModelCall:
+    messages: tuple[Message, ...]
+    # JSON schema the answer must follow; None: unconstrained (benchmarks).
+    schema: dict[str, Any] | None
+    schema_name: str
+    max_new_tokens: int
+    # 0: greedy. Otherwise sampled with `seed`, reproducibly.
+    temperature: float = 0.0
+    seed: int = 0
+    # Benchmarks force a fixed output length; answers never need it.
+    min_new_tokens: int = 0
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [image for message in self.messages for image in message.images]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    output_tokens: int
+    # The answer hit the token limit before it ended.
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class BackendIdentity:
+    backend: str
+    model_id: str
+    revision: str
+    device: str
+    dtype: str
+    # Anything else that changes answers for the same model and revision (e.g. the
+    # API endpoint); part of the cache key, not of ModelInfo.
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    identity: BackendIdentity
+
+    async def complete(self, call: ModelCall) -> Completion: ...
+
+    def stats(self) -> BatchStats: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CallCounter:
+    """Stats for backends that run each call on their own (remote APIs, vLLM): one
+    'batch' per call, busy time is the time calls were outstanding."""
+
+    def __init__(self) -> None:
+        self.stats = BatchStats()
+
+    def record(self, started: float) -> None:
+        self.stats.busy_s += time.monotonic() - started
+        self.stats.batches += 1
+        self.stats.items += 1

@@ -1,0 +1,88 @@
+"""regen.v1.Describer over gRPC (grpc.aio). Batching happens below, in the backend:
+the transformers backend coalesces concurrent model calls (repairs included) in its
+MicroBatcher; vLLM and remote APIs batch on their side."""
+
+from __future__ import annotations
+
+from regen.common.grpc_server import EngineSlot, Registration, grpc_errors
+from regen.common.identity import server_info
+from regen.describer import convert
+from regen.describer.engine import Describer
+from regen.v1 import common_pb2, describer_pb2, describer_pb2_grpc
+
+LIBRARIES = ("torch", "transformers", "xgrammar", "vllm", "openai", "jsonschema", "pillow")
+
+
+def describer_info(engine: Describer) -> describer_pb2.DescriberInfo:
+    identity = engine.identity
+    return describer_pb2.DescriberInfo(
+        model=common_pb2.ModelInfo(
+            model_id=identity.model_id,
+            revision=identity.revision,
+            backend=identity.backend,
+            device=identity.device,
+            dtype=identity.dtype,
+        ),
+        server=server_info(engine.backend.stats(), *LIBRARIES),
+        template_version=engine.template_version,
+    )
+
+
+class DescriberServicer(describer_pb2_grpc.DescriberServicer):
+    def __init__(self, slot: EngineSlot[Describer]) -> None:
+        self.slot = slot
+
+    @grpc_errors
+    async def Info(self, request, context):
+        return describer_info(self.slot.get())
+
+    @grpc_errors
+    async def Understand(self, request, context):
+        result = await self.slot.get().understand(request.image_png)
+        return describer_pb2.UnderstandResponse(
+            iut=convert.iut_to_proto(result.answer), call=convert.call_info(result.call)
+        )
+
+    @grpc_errors
+    async def WritePrompt(self, request, context):
+        engine = self.slot.get()
+        result = await engine.write_prompt(convert.iut_from_proto(request.iut), request.token_budget)
+        return describer_pb2.PromptResponse(prompt=result.answer, call=convert.call_info(result.call))
+
+    @grpc_errors
+    async def Variants(self, request, context):
+        result = await self.slot.get().variants(request.prompt, request.n, request.token_budget, request.seed)
+        return describer_pb2.VariantsResponse(prompts=result.answer, call=convert.call_info(result.call))
+
+    @grpc_errors
+    async def Compare(self, request, context):
+        result = await self.slot.get().compare(request.reference_png, request.candidate_png, request.prompt)
+        return describer_pb2.CompareResponse(
+            differences=convert.differences_to_proto(result.answer), call=convert.call_info(result.call)
+        )
+
+    @grpc_errors
+    async def Revise(self, request, context):
+        result = await self.slot.get().revise(
+            request.prompt, convert.differences_from_proto(request.differences), request.token_budget
+        )
+        return describer_pb2.PromptResponse(prompt=result.answer, call=convert.call_info(result.call))
+
+    @grpc_errors
+    async def Judge(self, request, context):
+        result = await self.slot.get().judge(request.reference_png, request.candidate_png)
+        judgement = result.answer
+        return describer_pb2.JudgeResponse(
+            content_consistency=judgement.content_consistency,
+            perceptual_quality=judgement.perceptual_quality,
+            rationale=judgement.rationale,
+            call=convert.call_info(result.call),
+        )
+
+
+def describer_registration(slot: EngineSlot[Describer]) -> Registration:
+    return Registration(
+        add_to_server=describer_pb2_grpc.add_DescriberServicer_to_server,
+        servicer=DescriberServicer(slot),
+        service_name=describer_pb2.DESCRIPTOR.services_by_name["Describer"].full_name,
+    )
