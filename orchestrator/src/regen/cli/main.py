@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -117,6 +120,97 @@ def serve_describer(
         backend=backend,
         model=model,
     )
+
+
+ADDRESS_HELP = "host:port of a running {} service; without it, one is started locally."
+
+
+@app.command("run")
+def run(
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="evalref-100, or a folder of images (optionally with MANIFEST.json).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Results folder; the run goes into <out>/<run-name>.")] = Path(
+        "runs"
+    ),
+    describer: Annotated[str | None, typer.Option("--describer", help=ADDRESS_HELP.format("describer"))] = None,
+    generator: Annotated[str | None, typer.Option("--generator", help=ADDRESS_HELP.format("generator"))] = None,
+    scorer: Annotated[str | None, typer.Option("--scorer", help=ADDRESS_HELP.format("scorer"))] = None,
+    preset: Annotated[
+        str, typer.Option("--preset", help="Models of locally started services: tiny (offline, CPU) or default.")
+    ] = "default",
+    config: ConfigOpt = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of generate, score, compare, revise.")] = 3,
+    candidates: Annotated[int, typer.Option("--candidates", help="Prompt variants (images) per round.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Run seed; every image seed derives from it.")] = 0,
+    limit: Annotated[int | None, typer.Option("--limit", help="Run only the first N cases.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Cases in flight at once.")] = 8,
+    run_name: Annotated[
+        str | None, typer.Option("--run-name", help="Folder name of the run (default: derived from the configuration).")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option("--weights", help="Selection score weights over scorer metrics.")
+    ] = "clip=0.5,dinov2=0.5",
+    progress: Annotated[
+        str, typer.Option("--progress", help="auto (rich on a terminal), rich, plain or none.")
+    ] = "auto",
+) -> None:
+    """Benchmark a text-to-image model: regenerate every reference image of a dataset."""
+    import logging
+
+    from pydantic import ValidationError
+
+    from regen.orchestrator.config import RunConfig, parse_weights
+    from regen.orchestrator.launcher import LaunchError
+    from regen.orchestrator.progress import make_reporter
+    from regen.orchestrator.runner import run as run_benchmark
+
+    logging.basicConfig(level=os.environ.get("REGEN_LOG_LEVEL", "WARNING"), format="%(levelname)s %(message)s")
+    try:
+        run_config = RunConfig(
+            dataset=dataset,
+            out=out,
+            run_name=run_name,
+            describer=describer,
+            generator=generator,
+            scorer=scorer,
+            preset=preset,
+            service_config=config,
+            rounds=rounds,
+            candidates=candidates,
+            seed=seed,
+            limit=limit,
+            concurrency=concurrency,
+            selection_weights=parse_weights(weights),
+            progress=progress,
+        )
+    except ValidationError as exc:
+        _fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
+    except ValueError as exc:
+        _fail(str(exc))
+    reporter = make_reporter(run_config.progress)
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # unwind normally, so locally started services are stopped
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        summary = run_benchmark(run_config, reporter)
+    except LaunchError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.secho("interrupted; run the same command again to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    except (ValueError, RuntimeError, OSError) as exc:  # dataset, connection and run-folder errors name the problem
+        _fail(str(exc))
+    failed = f", {summary.failed} failed" if summary.failed else ""
+    resumed = f" ({summary.skipped} from an earlier invocation)" if summary.skipped else ""
+    typer.echo(f"{summary.done} of {summary.total} cases done{resumed}{failed}")
+    typer.echo(f"results: {summary.run_dir}")
+    typer.echo(f"summary: {summary.run_dir / 'benchmark_final.json'}")
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command("tiny-models")

@@ -7,13 +7,14 @@ the child binds a free port itself and publishes it, so there is no race for por
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,28 @@ def wait_for_serving(
         if time.monotonic() > deadline:
             raise LaunchError(f"{service or address} at {address} not SERVING after {timeout_s:.0f} s")
         time.sleep(0.1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec_fn that has Linux send SIGTERM to the child when this process dies, so a
+    launcher killed with SIGKILL leaves no service behind (None where unsupported)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
 
 
 @dataclass
@@ -64,6 +87,8 @@ class LocalServices:
     env: dict[str, str] | None = None
     startup_timeout_s: float = 300.0
     log_dir: Path | None = None
+    # Stop the services when the launching process dies, even by SIGKILL (Linux).
+    die_with_parent: bool = True
     services: dict[str, LocalService] = field(default_factory=dict)
 
     def __enter__(self) -> LocalServices:
@@ -100,6 +125,7 @@ class LocalServices:
                         stdin=subprocess.DEVNULL,
                         env={**os.environ, **(self.env or {})},
                         start_new_session=True,
+                        preexec_fn=_die_with_parent_hook() if self.die_with_parent else None,
                     )
                 pending[name] = (proc, port_file, log_path)
             deadline = time.monotonic() + self.startup_timeout_s

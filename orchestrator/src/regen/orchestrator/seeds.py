@@ -1,0 +1,33 @@
+"""Deterministic seeds: the same run seed gives the same seeds on any machine, in any
+process, in any order of execution (Python's hash() is salted per process; never use it).
+
+seed = first 8 bytes (big-endian) of sha256("regen-seed/v1|<run seed>|<part>|<part>...")
+with the top bit cleared, so it is a non-negative int63 that every generator accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+SCHEME = "int63(sha256('regen-seed/v1|' + '|'.join([run_seed, *parts]))[:8], big-endian)"
+INT63_MASK = (1 << 63) - 1
+
+
+def derive_seed(run_seed: int, *parts: object) -> int:
+    text = "|".join(["regen-seed/v1", str(run_seed), *(str(p) for p in parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & INT63_MASK
+
+
+def candidate_seed(run_seed: int, case_id: str, round_index: int, candidate: int) -> int:
+    """Seed of the image for candidate `candidate` (0-based) of round `round_index` (1-based)."""
+    return derive_seed(run_seed, "candidate", case_id, round_index, candidate)
+
+
+def variants_seed(run_seed: int, case_id: str, round_index: int) -> int:
+    """Seed the describer samples a round's prompt variants with."""
+    return derive_seed(run_seed, "variants", case_id, round_index)
+
+
+def bootstrap_seed(run_seed: int, *parts: object) -> int:
+    """Seed of one bootstrap resampling (per metric and category), independent of order."""
+    return derive_seed(run_seed, "bootstrap", *parts)

@@ -1,0 +1,457 @@
+"""Orchestrator pieces that need no service: seeds, configuration, datasets, result
+files, aggregation and progress."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from regen.common.images import decode_image, sha256_hex
+from regen.orchestrator import aggregate as agg
+from regen.orchestrator import dataset as dataset_module
+from regen.orchestrator.config import RunConfig, parse_weights, stable_hash
+from regen.orchestrator.dataset import (
+    EVALREF_100,
+    Case,
+    DatasetError,
+    category_from_name,
+    download_dataset,
+    folder_dataset,
+    interleave_categories,
+    load_reference_png,
+    resolve_dataset,
+)
+from regen.orchestrator.results import RunLayout, RunLockedError, atomic_write_bytes, atomic_write_json, read_json
+from regen.orchestrator.seeds import INT63_MASK, candidate_seed, derive_seed, variants_seed
+
+
+def _png(path: Path, color=(10, 20, 30), size=(8, 8), fmt: str = "PNG") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+# --- seeds ------------------------------------------------------------------------------
+
+
+def test_seeds_are_int63_distinct_and_stable_across_processes():
+    seeds = {candidate_seed(0, "portrait_1", r, k) for r in (1, 2, 3) for k in (1, 2, 3)}
+    assert len(seeds) == 9
+    assert all(0 <= s <= INT63_MASK for s in seeds)
+    assert candidate_seed(0, "a", 1, 1) != candidate_seed(1, "a", 1, 1)
+    assert variants_seed(0, "a", 1) != candidate_seed(0, "a", 1, 1)
+    # Salted str hashing must not leak in: another process, another hash seed, same value.
+    code = "from regen.orchestrator.seeds import candidate_seed; print(candidate_seed(7, 'scene_3', 2, 3))"
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": salt},
+        ).stdout.strip()
+        for salt in ("1", "2")
+    }
+    assert outs == {str(candidate_seed(7, "scene_3", 2, 3))}
+
+
+def test_derive_seed_known_value():
+    # Pinned so that a change of the scheme (which would change every result) is deliberate.
+    import hashlib
+
+    expected = int.from_bytes(hashlib.sha256(b"regen-seed/v1|0|candidate|x|1|1").digest()[:8], "big") & INT63_MASK
+    assert derive_seed(0, "candidate", "x", 1, 1) == expected == candidate_seed(0, "x", 1, 1)
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+def test_parse_weights_and_errors():
+    assert parse_weights("clip=0.5, dinov2=0.5") == {"clip": 0.5, "dinov2": 0.5}
+    assert parse_weights("ssim=1") == {"ssim": 1.0}
+    with pytest.raises(ValueError, match="name=weight"):
+        parse_weights("clip")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_weights("clip=x")
+
+
+def test_run_config_validation_and_result_identity():
+    base = RunConfig(dataset="evalref-100")
+    assert base.selection_weights == {"clip": 0.5, "dinov2": 0.5}
+    assert base.embedded == ("describer", "generator", "scorer")
+    assert RunConfig(dataset="d", generator="h:1").embedded == ("describer", "scorer")
+    with pytest.raises(ValueError, match="positive sum"):
+        RunConfig(dataset="d", selection_weights={"clip": 0})
+    with pytest.raises(ValueError, match="plain folder name"):
+        RunConfig(dataset="d", run_name="a/b")
+    # Concurrency, addresses and timeouts do not change results, so they are not identity.
+    other = RunConfig(dataset="x", concurrency=1, describer="h:1", out=Path("elsewhere"))
+    assert stable_hash(base.result_config()) == stable_hash(other.result_config())
+    assert stable_hash(base.result_config()) != stable_hash(RunConfig(dataset="d", rounds=2).result_config())
+    assert stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+
+def test_evalref_through_env_var_interleaves_categories(evalref, monkeypatch):
+    monkeypatch.setenv("REGEN_EVALREF_DIR", str(evalref))
+    dataset = resolve_dataset("evalref-100")
+    assert dataset.name == "EvalRef-100" and dataset.verified
+    assert len(dataset.cases) == 100
+    first8 = dataset.cases[:8]
+    assert [c.id for c in first8] == [
+        "complex_1",
+        "portrait_1",
+        "object_1",
+        "scene_1",
+        "complex_2",
+        "portrait_2",
+        "object_2",
+        "scene_2",
+    ]
+    assert sorted({c.category for c in first8}) == [
+        "complex_scenarios",
+        "human_figures",
+        "non_human_entities",
+        "scenes",
+    ]
+    selected = dataset.select(4)
+    assert [c.id for c in selected] == [c.id for c in first8[:4]]
+    assert all(c.sha256 == sha256_hex(c.path.read_bytes()) for c in selected)
+    # The name is case-insensitive and a smaller limit takes a prefix of a larger one.
+    assert [c.id for c in resolve_dataset("EvalRef-100").select(2)] == ["complex_1", "portrait_1"]
+
+
+def test_evalref_beside_the_checkout(evalref, monkeypatch):
+    monkeypatch.delenv("REGEN_EVALREF_DIR", raising=False)
+    if evalref.resolve() != (Path(__file__).resolve().parents[2] / "shared" / "data" / "EvalRef-100"):
+        pytest.skip("EvalRef-100 is not beside this checkout")
+    assert resolve_dataset("evalref-100").root.resolve() == evalref.resolve()
+
+
+def test_evalref_from_cache_dir_and_tampered_file(evalref, tmp_path, monkeypatch):
+    monkeypatch.delenv("REGEN_EVALREF_DIR", raising=False)
+    monkeypatch.setattr(dataset_module, "beside_checkout", lambda known: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "regen" / "datasets" / "EvalRef-100"
+    cached.mkdir(parents=True)
+    for entry in EVALREF_100.manifest()["images"]:
+        os.symlink(evalref / entry["file"], cached / entry["file"])
+    (cached / "complex_1.png").unlink()
+    _png(cached / "complex_1.png")  # same name, other bytes
+    dataset = resolve_dataset("evalref-100")
+    assert dataset.root == cached
+    with pytest.raises(DatasetError, match=r"complex_1\.png does not match its manifest"):
+        dataset.select(1)
+    assert [c.id for c in dataset.cases[1:3]] == ["portrait_1", "object_1"]
+
+
+def test_evalref_missing_fails_with_url_and_env_var(tmp_path, monkeypatch):
+    monkeypatch.delenv("REGEN_EVALREF_DIR", raising=False)
+    monkeypatch.setattr(dataset_module, "beside_checkout", lambda known: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("REGEN_EVALREF_URL", "http://127.0.0.1:9/evalref.zip")
+    with pytest.raises(DatasetError) as info:
+        resolve_dataset("evalref-100")
+    message = str(info.value)
+    assert "http://127.0.0.1:9/evalref.zip" in message and "REGEN_EVALREF_DIR" in message
+    assert not (tmp_path / "cache" / "regen" / "datasets" / "EvalRef-100").exists()
+
+
+def test_evalref_dir_env_var_pointing_nowhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGEN_EVALREF_DIR", str(tmp_path / "nope"))
+    with pytest.raises(DatasetError, match=r"REGEN_EVALREF_DIR=.*no such folder"):
+        resolve_dataset("evalref-100")
+
+
+def test_download_matches_files_by_hash_and_installs_atomically(tmp_path):
+    images = {
+        name: _png(tmp_path / "src" / name, color=(i * 40, 0, 0)) for i, name in enumerate(["a_1.png", "b_1.png"])
+    }
+    manifest = {
+        "name": "Mini",
+        "images": [
+            {"file": name, "category": name[0], "sha256": sha256_hex(p.read_bytes())} for name, p in images.items()
+        ],
+    }
+    archive = tmp_path / "mini.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        # Different names and folders upstream: matched by content hash.
+        zf.write(images["a_1.png"], "repo-abc/data/x/first.png")
+        zf.write(images["b_1.png"], "repo-abc/data/x/second.PNG")
+        zf.writestr("repo-abc/README.md", "hello")
+    known = EVALREF_100.__class__("Mini", "MINI_DIR", "MINI_URL", archive.as_uri(), "unused.json")
+    dest = tmp_path / "cache" / "Mini"
+    download_dataset(known, dest, manifest)
+    assert sorted(p.name for p in dest.iterdir()) == ["MANIFEST.json", "a_1.png", "b_1.png"]
+    assert folder_dataset(dest).select(None)[0].sha256 == manifest["images"][0]["sha256"]
+
+    manifest["images"].append({"file": "c_1.png", "category": "c", "sha256": "0" * 64})
+    with pytest.raises(DatasetError, match=r"1 of 3 Mini images are missing.*c_1\.png"):
+        download_dataset(known, tmp_path / "cache" / "Mini2", manifest)
+    assert not (tmp_path / "cache" / "Mini2").exists()
+    assert not list((tmp_path / "cache").glob(".*partial*"))
+
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    bad = EVALREF_100.__class__("Mini", "MINI_DIR", "MINI_URL", (tmp_path / "junk.zip").as_uri(), "unused.json")
+    with pytest.raises(DatasetError, match="not a zip archive"):
+        download_dataset(bad, tmp_path / "cache" / "Mini3", manifest)
+
+
+def test_plain_folder_dataset(tmp_path):
+    _png(tmp_path / "d" / "portrait_2.png")
+    _png(tmp_path / "d" / "portrait_10.png")
+    _png(tmp_path / "d" / "object_1.jpg", fmt="JPEG")
+    _png(tmp_path / "d" / "lonely.webp", fmt="WEBP")
+    (tmp_path / "d" / "notes.txt").write_text("not an image")
+    dataset = resolve_dataset(str(tmp_path / "d"))
+    assert not dataset.verified
+    assert [(c.id, c.category) for c in dataset.cases] == [
+        ("object_1", "object"),
+        ("portrait_2", "portrait"),
+        ("lonely", "uncategorized"),
+        ("portrait_10", "portrait"),
+    ]
+    png = load_reference_png(dataset.cases[0])
+    assert png.startswith(b"\x89PNG") and decode_image(png).size == (8, 8)
+
+
+def test_folder_dataset_errors(tmp_path):
+    with pytest.raises(DatasetError, match=r"no such folder, and not a known dataset name \(known: evalref-100\)"):
+        resolve_dataset(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images in this folder"):
+        resolve_dataset(str(tmp_path / "empty"))
+    _png(tmp_path / "f.png")
+    with pytest.raises(DatasetError, match="not a folder"):
+        resolve_dataset(str(tmp_path / "f.png"))
+    _png(tmp_path / "dup" / "a_1.png")
+    _png(tmp_path / "dup" / "a_1.jpg", fmt="JPEG")
+    with pytest.raises(DatasetError, match="would both be case 'a_1'"):
+        resolve_dataset(str(tmp_path / "dup"))
+    _png(tmp_path / "man" / "x_1.png")
+    (tmp_path / "man" / "MANIFEST.json").write_text(json.dumps({"images": [{"file": "x_1.png"}, {"file": "y_1.png"}]}))
+    with pytest.raises(DatasetError, match=r"1 of 2 images are missing: y_1\.png"):
+        resolve_dataset(str(tmp_path / "man"))
+
+
+def test_category_and_interleaving():
+    assert category_from_name("portrait_3") == "portrait"
+    assert category_from_name("complex_scene_3") == "complex"
+    assert category_from_name("plain") == "uncategorized"
+    cases = [Case(n, Path(f"{n}.png"), category_from_name(n)) for n in ["b_2", "b_1", "a_10", "a_9", "c_1"]]
+    assert [c.id for c in interleave_categories(cases)] == ["a_9", "b_1", "c_1", "a_10", "b_2"]
+
+
+# --- result files -----------------------------------------------------------------------
+
+
+def test_atomic_writes_leave_no_temporaries(tmp_path):
+    target = tmp_path / "x" / "data.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert read_json(target) == {"a": 2}
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert read_json(target) == {"a": 2}, "a failed write must leave the old file intact"
+    assert [p.name for p in target.parent.iterdir()] == ["data.json"]
+    with pytest.raises(ValueError):
+        atomic_write_json(target, {"nan": float("nan")})
+    assert read_json(target) == {"a": 2}
+
+
+def test_layout_done_reset_and_lock(tmp_path):
+    layout = RunLayout(tmp_path / "run")
+    assert not layout.is_done("c")
+    atomic_write_bytes(layout.iteration_dir("c", 1) / "candidate_1.png", b"x")
+    atomic_write_json(layout.final_metrics_file("c"), {})
+    assert layout.is_done("c")
+    layout.reset_case("c")
+    assert not layout.case_dir("c").exists()
+    fd = layout.lock()
+    try:
+        with pytest.raises(RunLockedError, match="another regen run"):
+            layout.lock()
+    finally:
+        os.close(fd)
+    os.close(layout.lock())  # free again once released
+    (layout.root / ".benchmark_final.json.tmp-123").write_text("partial")
+    layout.remove_stale_temporaries()
+    assert not list(layout.root.glob(".*tmp-*"))
+
+
+# --- aggregation ------------------------------------------------------------------------
+
+
+def test_summarize_mean_std_and_seeded_bootstrap():
+    values = [0.1, 0.4, 0.35, 0.8, 0.55]
+    s = agg.summarize(values, resamples=2000, confidence=0.95, seed=3)
+    assert s["n"] == 5
+    assert s["mean"] == pytest.approx(statistics.fmean(values))
+    assert s["std"] == pytest.approx(statistics.stdev(values))
+    assert min(values) <= s["ci_low"] < s["mean"] < s["ci_high"] <= max(values)
+    assert agg.summarize(values, resamples=2000, confidence=0.95, seed=3) == s
+    assert agg.summarize(values, resamples=2000, confidence=0.95, seed=4) != s
+    assert agg.summarize([2.0, 2.0, 2.0], resamples=500, confidence=0.95, seed=0)["ci_low"] == 2.0
+    one = agg.summarize([0.7], resamples=500, confidence=0.95, seed=0)
+    assert one["std"] is None and one["ci_low"] == one["ci_high"] == 0.7
+    assert agg.summarize([], resamples=500, confidence=0.95, seed=0)["mean"] is None
+
+
+def test_bootstrap_interval_matches_a_plain_implementation():
+    import numpy as np
+
+    values = [float(v) for v in range(1, 21)]
+    low, high = agg.bootstrap_ci(values, resamples=3000, confidence=0.9, seed=11)
+    rng = np.random.default_rng(11)
+    means = [float(np.mean(np.asarray(values)[rng.integers(0, 20, size=20)])) for _ in range(1000)]
+    # Same generator, same draws: the first 1000 resample means agree exactly.
+    rng = np.random.default_rng(11)
+    first = np.asarray(values)[rng.integers(0, 20, size=(1000, 20))].mean(axis=1)
+    assert np.allclose(first, means)
+    assert low < statistics.fmean(values) < high
+    # Normal approximation of the mean's 90% interval, as a sanity bound.
+    half = 1.645 * statistics.stdev(values) / len(values) ** 0.5
+    assert abs((high - low) / 2 - half) < 0.25 * half
+
+
+def _final(case: str, category: str, selection: float, curve: list[float], judge=(3, 4)) -> dict:
+    return {
+        "case": case,
+        "category": category,
+        "metrics": {
+            "clip": selection + 0.1,
+            "dinov2": selection - 0.1,
+            "ssim": 0.2,
+            "selection": selection,
+            "judge_content": judge[0],
+            "judge_quality": judge[1],
+            "judge_mean": sum(judge) / 2,
+        },
+        "best_selection_by_round": curve,
+        "timings": {"stages_s": {"generate": 1.0, "score": 0.5}, "total_s": 2.0},
+    }
+
+
+def test_aggregate_over_case_folders(tmp_path):
+    layout = RunLayout(tmp_path / "run")
+    cases = [Case(n, Path(f"{n}.png"), n.split("_")[0]) for n in ["a_1", "b_1", "a_2", "b_2"]]
+    atomic_write_json(layout.final_metrics_file("a_1"), _final("a_1", "a", 0.5, [0.4, 0.5]))
+    atomic_write_json(layout.final_metrics_file("b_1"), _final("b_1", "b", 0.7, [0.7, 0.7], judge=(5, 2)))
+    atomic_write_json(layout.final_metrics_file("a_2"), _final("a_2", "a", 0.3, [0.1, 0.3]))
+    atomic_write_json(layout.error_file("b_2"), {"failure": {"stage": "score", "error": "boom"}})
+    run = {
+        "run_name": "r",
+        "dataset": {"name": "d"},
+        "config": {
+            "rounds": 2,
+            "seed": 0,
+            "bootstrap_resamples": 1000,
+            "confidence": 0.95,
+            "selection_weights": {"clip": 0.5, "dinov2": 0.5},
+        },
+        "models": {"scorer": {"metric_ids": {"clip": "clip/x"}}},
+    }
+    result = agg.aggregate(layout, cases, run=run, timings={"wall_s": 9.0})
+    assert result["cases"] == {"total": 4, "done": 3, "failed": 1, "pending": 0}
+    assert result["failed"] == [{"case": "b_2", "category": "b", "stage": "score", "error": "boom"}]
+    assert list(result["metrics"]) == list(agg.METRIC_ORDER)
+    assert result["metrics"]["selection"]["mean"] == pytest.approx(0.5)
+    assert result["metrics"]["judge_mean"]["mean"] == pytest.approx((3.5 + 3.5 + 3.5) / 3)
+    assert result["rounds"] == [
+        {"round": 1, "n": 3, "mean_best_selection": pytest.approx(0.4)},
+        {"round": 2, "n": 3, "mean_best_selection": pytest.approx(0.5)},
+    ]
+    assert result["categories"]["a"]["done"] == 2 and result["categories"]["b"]["failed"] == 1
+    assert result["categories"]["a"]["metrics"]["selection"]["mean"] == pytest.approx(0.4)
+    assert result["timings"]["wall_s"] == 9.0
+    assert result["timings"]["stages_total_s"] == {"generate": 3.0, "score": 1.5}
+    # Nothing outside "timings" depends on the clock: recomputing gives the same numbers.
+    again = agg.aggregate(layout, cases, run=run, timings={"wall_s": 1.0})
+    assert {k: v for k, v in again.items() if k != "timings"} == {k: v for k, v in result.items() if k != "timings"}
+    json.dumps(result, allow_nan=False)
+
+
+# --- progress ---------------------------------------------------------------------------
+
+
+def test_plain_progress_lines():
+    from regen.orchestrator.progress import PlainReporter
+
+    stream = io.StringIO()
+    reporter = PlainReporter(stream)
+    reporter.start(3, 1)
+    reporter.stage("a", "generate")
+    reporter.stage("b", "understand")
+    reporter.case_done("a", "selection 0.5")
+    reporter.case_failed("b", "score: boom")
+    reporter.stop()
+    text = stream.getvalue()
+    assert "3 cases (1 already finished)" in text
+    assert "a: done, selection 0.5 [2/3 done, 0 failed" in text
+    assert "in flight: understand 1" in text
+    assert "b: FAILED: score: boom [2/3 done, 1 failed" in text
+
+
+def test_rich_progress_renders_stage_counts():
+    from rich.console import Console
+
+    from regen.orchestrator.progress import RichReporter, make_reporter
+
+    stream = io.StringIO()
+    reporter = RichReporter(Console(file=stream, force_terminal=True, width=120))
+    reporter.start(4, 0)
+    reporter.stage("a", "generate")
+    reporter.stage("b", "generate")
+    reporter.stage("c", "judge")
+    reporter.live.refresh()
+    reporter.case_failed("c", "judge: nope")
+    reporter.case_done("a", "")
+    reporter.stop()
+    text = stream.getvalue()
+    assert "generate 2" in text and "judge 1" in text
+    assert "c failed:" in text and "1 done" in text and "1 failed" in text
+    assert isinstance(make_reporter("auto", io.StringIO()), type(make_reporter("plain", io.StringIO())))
+
+
+# --- local services ---------------------------------------------------------------------
+
+
+def test_local_services_die_with_their_launcher(tmp_path):
+    """A launcher killed with SIGKILL must not leave its services running."""
+    import signal
+    import time
+
+    code = (
+        "import subprocess, sys, time\n"
+        "from regen.orchestrator.launcher import _die_with_parent_hook\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+        "                         preexec_fn=_die_with_parent_hook(), start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(launcher.stdout.readline())
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):  # dead, waiting for its new parent to reap it
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the child outlived its launcher")

@@ -1,0 +1,491 @@
+"""The loop, the runner, resume and the `regen run` command against small in-process
+gRPC fakes of the three services (real grpc.aio servers on 127.0.0.1; the fakes answer
+instantly and deterministically and can inject faults). The real services are in
+tests/test_e2e_run.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from PIL import Image
+
+from regen.common.grpc_server import GrpcHost, Registration, grpc_errors
+from regen.orchestrator.clients import ConnectError
+from regen.orchestrator.config import RunConfig
+from regen.orchestrator.results import read_json
+from regen.orchestrator.runner import RunError, run
+from regen.orchestrator.seeds import candidate_seed, variants_seed
+from regen.v1 import (
+    common_pb2,
+    describer_pb2,
+    describer_pb2_grpc,
+    generator_pb2,
+    generator_pb2_grpc,
+    scorer_pb2,
+    scorer_pb2_grpc,
+)
+
+HEAVY_MODULES = ("torch", "transformers", "diffusers")
+
+
+def _digest(*parts: object) -> bytes:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+
+
+class Faults:
+    """Mutable fault plan shared by the fakes (set from the test thread)."""
+
+    def __init__(self) -> None:
+        self.generate_unavailable = 0  # fail this many Generate calls with UNAVAILABLE
+        self.score_invalid_for: set[bytes] = set()  # reference PNGs the scorer rejects
+        self.calls: Counter[str] = Counter()
+        self.generate_sizes: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+
+class FakeDescriber(describer_pb2_grpc.DescriberServicer):
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+
+    @grpc_errors
+    async def Info(self, request, context):
+        return describer_pb2.DescriberInfo(
+            model=common_pb2.ModelInfo(model_id="fake-mllm", revision="r1", backend="fake"),
+            server=common_pb2.ServerInfo(regen_version="0", busy_s=0.25 * self.faults.calls["describer"]),
+            template_version="t1",
+        )
+
+    @grpc_errors
+    async def Understand(self, request, context):
+        self.faults.calls["Understand"] += 1
+        self.faults.calls["describer"] += 1
+        tag = _digest(request.image_png).hex()[:6]
+        return describer_pb2.UnderstandResponse(
+            iut=describer_pb2.ImageUnderstandingTree(
+                global_description=f"scene {tag}",
+                global_features=describer_pb2.GlobalFeatures(style="photo", lighting="soft"),
+                objects=[describer_pb2.SceneObject(name="cat", type=describer_pb2.OBJECT_TYPE_ANIMAL)],
+            )
+        )
+
+    @grpc_errors
+    async def WritePrompt(self, request, context):
+        self.faults.calls["describer"] += 1
+        assert request.token_budget == 77
+        return describer_pb2.PromptResponse(prompt=f"a photo, {request.iut.global_description}")
+
+    @grpc_errors
+    async def Variants(self, request, context):
+        self.faults.calls["describer"] += 1
+        return describer_pb2.VariantsResponse(
+            prompts=[f"{request.prompt}, take {i} s{request.seed % 997}" for i in range(request.n)]
+        )
+
+    @grpc_errors
+    async def Compare(self, request, context):
+        self.faults.calls["describer"] += 1
+        return describer_pb2.CompareResponse(
+            differences=[describer_pb2.Difference(aspect="content", description=f"differs ({len(request.prompt)})")]
+        )
+
+    @grpc_errors
+    async def Revise(self, request, context):
+        self.faults.calls["describer"] += 1
+        assert request.differences and request.token_budget == 77
+        return describer_pb2.PromptResponse(prompt=request.prompt.split(", take")[0] + ", refined")
+
+    @grpc_errors
+    async def Judge(self, request, context):
+        self.faults.calls["describer"] += 1
+        d = _digest(request.reference_png, request.candidate_png)
+        return describer_pb2.JudgeResponse(
+            content_consistency=1 + d[0] % 5, perceptual_quality=1 + d[1] % 5, rationale="fake"
+        )
+
+
+class FakeGenerator(generator_pb2_grpc.GeneratorServicer):
+    """Pixel (0,0)'s red value counts ", refined" in the prompt; the fake scorer punishes
+    it, so later rounds score worse and the best must come from round 1."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+
+    @grpc_errors
+    async def Info(self, request, context):
+        return generator_pb2.GeneratorInfo(
+            model=common_pb2.ModelInfo(model_id="/models/fake-sd", revision="sha256:abc", backend="fake"),
+            server=common_pb2.ServerInfo(busy_s=1.5 * len(self.faults.generate_sizes)),
+            prompt_token_budget=77,
+            max_batch=2,
+            default_width=16,
+            default_height=16,
+        )
+
+    @grpc_errors
+    async def Generate(self, request, context):
+        faults = self.faults
+        faults.calls["Generate"] += 1
+        if faults.generate_unavailable > 0:
+            faults.generate_unavailable -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        faults.generate_sizes.append(len(request.prompts))
+        faults.in_flight += 1
+        faults.max_in_flight = max(faults.max_in_flight, faults.in_flight)
+        try:
+            await asyncio.sleep(0.02)  # let other cases' calls overlap
+            # Answer out of order, as the contract allows.
+            for index in reversed(range(len(request.prompts))):
+                spec = request.prompts[index]
+                d = _digest(spec.text, spec.seed)
+                img = Image.new("RGB", (16, 16), (d[0], d[1], d[2]))
+                img.putpixel((0, 0), (spec.text.count(", refined"), 0, 0))
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                yield generator_pb2.GeneratedImage(
+                    index=index, png=buf.getvalue(), seed=spec.seed, width=16, height=16, prompt_tokens=9
+                )
+        finally:
+            faults.in_flight -= 1
+
+
+class FakeScorer(scorer_pb2_grpc.ScorerServicer):
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+
+    @grpc_errors
+    async def Info(self, request, context):
+        return scorer_pb2.ScorerInfo(
+            models=[common_pb2.ModelInfo(model_id="fake-clip", revision="c1")],
+            metrics=[
+                scorer_pb2.MetricInfo(id="clip/fake-clip", name="clip", checkpoint="fake-clip"),
+                scorer_pb2.MetricInfo(id="dinov2/fake-dino", name="dinov2", checkpoint="fake-dino"),
+                scorer_pb2.MetricInfo(id="ssim", name="ssim"),
+            ],
+            max_candidates=2,
+        )
+
+    @grpc_errors
+    async def Score(self, request, context):
+        self.faults.calls["Score"] += 1
+        if request.reference_png in self.faults.score_invalid_for:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "reference_png: fake rejection")
+        candidates = []
+        for index, png in enumerate(request.candidate_pngs):
+            img = Image.open(io.BytesIO(png)).convert("RGB")
+            refined = img.getpixel((0, 0))[0]
+            d = _digest(request.reference_png, png)
+            base = 0.5 - 0.2 * refined
+            candidates.append(
+                scorer_pb2.CandidateScores(
+                    index=index,
+                    scores={
+                        "clip/fake-clip": base + d[0] / 2560,
+                        "dinov2/fake-dino": base + d[1] / 2560,
+                        "ssim": d[2] / 255,
+                    },
+                )
+            )
+        return scorer_pb2.ScoreResponse(candidates=candidates)
+
+
+class FakeServices:
+    """The three fakes, each on its own port, served from one background event loop."""
+
+    def __init__(self) -> None:
+        self.faults = Faults()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.hosts: dict[str, GrpcHost] = {}
+        self.addresses: dict[str, str] = {}
+
+    def __enter__(self) -> FakeServices:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        return self
+
+    async def _start(self) -> None:
+        servicers = {
+            "describer": (describer_pb2_grpc.add_DescriberServicer_to_server, FakeDescriber, "regen.v1.Describer"),
+            "generator": (generator_pb2_grpc.add_GeneratorServicer_to_server, FakeGenerator, "regen.v1.Generator"),
+            "scorer": (scorer_pb2_grpc.add_ScorerServicer_to_server, FakeScorer, "regen.v1.Scorer"),
+        }
+        for name, (add, cls, full_name) in servicers.items():
+            host = GrpcHost("127.0.0.1", 0)
+            await host.start([Registration(add, cls(self.faults), full_name)])
+            self.hosts[name] = host
+            self.addresses[name] = f"127.0.0.1:{host.port}"
+
+    def __exit__(self, *exc) -> None:
+        async def stop() -> None:
+            for host in self.hosts.values():
+                await host.stop(0)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def fakes() -> Iterator[FakeServices]:
+    with FakeServices() as services:
+        yield services
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """Five small references in three categories."""
+    root = tmp_path / "refs"
+    root.mkdir()
+    for i, name in enumerate(["cat_1", "cat_2", "dog_1", "dog_2", "bird_1"]):
+        Image.new("RGB", (24, 24), (40 * i, 255 - 40 * i, 90)).save(root / f"{name}.png")
+    return root
+
+
+def _config(fakes: FakeServices, dataset: Path, out: Path, **overrides) -> RunConfig:
+    values = dict(
+        dataset=str(dataset),
+        out=out,
+        rounds=3,
+        candidates=3,
+        concurrency=4,
+        bootstrap_resamples=500,
+        **fakes.addresses,
+    )
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def _numbers(benchmark: dict) -> dict:
+    return {key: value for key, value in benchmark.items() if key != "timings"}
+
+
+def test_full_run_layout_and_consistent_numbers(fakes, dataset, tmp_path):
+    summary = run(_config(fakes, dataset, tmp_path / "out"))
+    assert (summary.total, summary.done, summary.failed) == (5, 5, 0)
+    root = summary.run_dir
+    assert root.parent == tmp_path / "out" and root.name.startswith("refs-fake-sd-seed0-")
+    run_info = read_json(root / "run.json")
+    bench = read_json(root / "benchmark_final.json")
+    assert run_info["models"]["generator"]["model_id"] == "/models/fake-sd"
+    assert bench["models"] == run_info["models"]
+    assert bench["metric_ids"] == {"clip": "clip/fake-clip", "dinov2": "dinov2/fake-dino", "ssim": "ssim"}
+
+    finals = {}
+    for case in ["cat_1", "cat_2", "dog_1", "dog_2", "bird_1"]:
+        folder = root / case
+        assert read_json(folder / "iut.json")["global_description"].startswith("scene ")
+        all_candidates = []
+        for r in (1, 2, 3):
+            it = folder / f"iteration_{r}"
+            meta = read_json(it / "metadata.json")
+            assert sorted(p.name for p in it.iterdir()) == [
+                "best_image.png",
+                "candidate_1.png",
+                "candidate_2.png",
+                "candidate_3.png",
+                "metadata.json",
+            ]
+            assert meta["variants_seed"] == variants_seed(0, case, r)
+            for cand in meta["candidates"]:
+                assert cand["seed"] == candidate_seed(0, case, r, cand["index"])
+                assert cand["selection"] == pytest.approx(0.5 * cand["scores"]["clip"] + 0.5 * cand["scores"]["dinov2"])
+                assert set(cand["scores"]) == {"clip", "dinov2", "ssim"}
+                all_candidates.append((cand["selection"], r, cand["index"]))
+            best = max(meta["candidates"], key=lambda c: c["selection"])
+            assert meta["best"]["candidate"] == best["index"]
+            assert (it / "best_image.png").read_bytes() == (it / f"candidate_{best['index']}.png").read_bytes()
+            if r < 3:
+                assert meta["differences"] and meta["revised_prompt"].endswith(", refined")
+                # The revised prompt feeds the next round.
+                assert read_json(folder / f"iteration_{r + 1}" / "metadata.json")["prompt"] == meta["revised_prompt"]
+            else:
+                assert meta["revised_prompt"] is None and meta["differences"] == []
+            assert set(meta["timings"]) >= {"variants_s", "generate_s", "score_s"}
+        final = read_json(folder / "final" / "final_metrics.json")
+        finals[case] = final
+        top = max(all_candidates, key=lambda t: (t[0], -t[1], -t[2]))
+        # The best over all rounds (the fake makes round 1 best), not the last round's.
+        assert (final["best"]["round"], final["best"]["candidate"]) == (top[1], top[2]) and top[1] == 1
+        assert final["metrics"]["selection"] == top[0]
+        assert (folder / "final" / "best_image.png").read_bytes() == (
+            folder / f"iteration_{top[1]}" / f"candidate_{top[2]}.png"
+        ).read_bytes()
+        assert (
+            final["metrics"]["judge_mean"]
+            == (final["metrics"]["judge_content"] + final["metrics"]["judge_quality"]) / 2
+        )
+        curve = final["best_selection_by_round"]
+        assert curve == sorted(curve) and curve[-1] == top[0]
+
+    assert bench["cases"] == {"total": 5, "done": 5, "failed": 0, "pending": 0}
+    for metric in ("clip", "dinov2", "ssim", "selection", "judge_content", "judge_quality", "judge_mean"):
+        values = [f["metrics"][metric] for f in finals.values()]
+        stat = bench["metrics"][metric]
+        assert stat["n"] == 5 and stat["mean"] == pytest.approx(sum(values) / 5)
+        assert stat["ci_low"] <= stat["mean"] <= stat["ci_high"]
+    assert sorted(bench["categories"]) == ["bird", "cat", "dog"]
+    assert bench["categories"]["cat"]["metrics"]["selection"]["mean"] == pytest.approx(
+        (finals["cat_1"]["metrics"]["selection"] + finals["cat_2"]["metrics"]["selection"]) / 2
+    )
+    assert [r["round"] for r in bench["rounds"]] == [1, 2, 3]
+    assert bench["rounds"][2]["mean_best_selection"] == pytest.approx(bench["metrics"]["selection"]["mean"])
+    assert bench["timings"]["services"]["generator"]["busy_s"] > 0
+    assert not list(root.rglob(".*tmp-*"))
+    # The generator's max_batch (2) splits each round's 3 images; cases overlap.
+    assert max(fakes.faults.generate_sizes) == 2
+    assert fakes.faults.max_in_flight > 1
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(fakes, dataset, tmp_path):
+    a = run(_config(fakes, dataset, tmp_path / "a", concurrency=5))
+    b = run(_config(fakes, dataset, tmp_path / "b", concurrency=1))
+    c = run(_config(fakes, dataset, tmp_path / "c", seed=1))
+    assert a.run_dir.name == b.run_dir.name != c.run_dir.name
+    assert _numbers(a.benchmark) == _numbers(b.benchmark)
+    assert _numbers(a.benchmark)["metrics"] != _numbers(c.benchmark)["metrics"]
+
+
+def test_retries_unavailable_then_succeeds(fakes, dataset, tmp_path):
+    fakes.faults.generate_unavailable = 2
+    config = _config(fakes, dataset, tmp_path / "out", limit=1, rounds=1, candidates=1)
+    config.retry = config.retry.model_copy(update={"initial_backoff_s": 0.01})
+    summary = run(config)
+    assert summary.done == 1
+    assert fakes.faults.calls["Generate"] == 3
+
+
+def test_failed_case_is_recorded_then_redone_on_resume(fakes, dataset, tmp_path):
+    reference = (dataset / "dog_1.png").read_bytes()
+    from regen.common.images import decode_image, encode_png
+
+    fakes.faults.score_invalid_for.add(encode_png(decode_image(reference)))
+    config = _config(fakes, dataset, tmp_path / "out", rounds=2, candidates=2)
+    first = run(config)
+    assert (first.done, first.failed) == (4, 1)
+    error = read_json(first.run_dir / "dog_1" / "error.json")
+    assert error["failure"]["stage"] == "score" and error["failure"]["code"] == "INVALID_ARGUMENT"
+    assert "fake rejection" in error["failure"]["error"] and error["failure"]["attempts"] == 1
+    assert first.benchmark["failed"][0]["case"] == "dog_1"
+    assert first.benchmark["cases"]["failed"] == 1 and first.benchmark["categories"]["dog"]["failed"] == 1
+
+    fakes.faults.score_invalid_for.clear()
+    understood = fakes.faults.calls["Understand"]
+    second = run(config)
+    assert (second.done, second.failed, second.skipped) == (5, 0, 4)
+    assert fakes.faults.calls["Understand"] == understood + 1, "only the failed case runs again"
+    assert not (second.run_dir / "dog_1" / "error.json").exists()
+    clean = run(_config(fakes, dataset, tmp_path / "clean", rounds=2, candidates=2))
+    assert _numbers(second.benchmark) == _numbers(clean.benchmark)
+
+
+def test_interrupted_case_is_redone_from_scratch(fakes, dataset, tmp_path):
+    config = _config(fakes, dataset, tmp_path / "out", rounds=2, candidates=2)
+    full = run(config)
+    # Simulate a kill during cat_2's judge: no final_metrics.json, a stray temp file.
+    (full.run_dir / "cat_2" / "final" / "final_metrics.json").unlink()
+    (full.run_dir / "cat_2" / "final" / ".final_metrics.json.tmp-x").write_text("{")
+    (full.run_dir / "benchmark_final.json").unlink()
+    understood = fakes.faults.calls["Understand"]
+    resumed = run(config)
+    assert resumed.skipped == 4 and fakes.faults.calls["Understand"] == understood + 1
+    assert _numbers(resumed.benchmark) == _numbers(full.benchmark)
+    assert not list((full.run_dir / "cat_2").rglob(".*tmp-*"))
+
+
+def test_resume_with_other_configuration_is_refused(fakes, dataset, tmp_path):
+    run(_config(fakes, dataset, tmp_path / "out", run_name="mine", rounds=2, candidates=2, limit=2))
+    with pytest.raises(RunError, match=r"different configuration \(config\.rounds was 2, now 3\)"):
+        run(_config(fakes, dataset, tmp_path / "out", run_name="mine", rounds=3, candidates=2, limit=2))
+
+
+def test_unknown_selection_metric_fails_fast(fakes, dataset, tmp_path):
+    with pytest.raises(RunError, match="scorer offers only: clip, dinov2, ssim"):
+        run(_config(fakes, dataset, tmp_path / "out", selection_weights={"lpips": 1.0}))
+
+
+def test_dead_service_fails_fast_naming_it(fakes, dataset, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ConnectError, match=f"cannot reach the generator at {dead}"):
+        run(_config(fakes, dataset, tmp_path / "out", generator=dead))
+    with pytest.raises(ConnectError, match=r"does not answer regen\.v1\.Generator\.Info.*generator's address"):
+        run(_config(fakes, dataset, tmp_path / "out", generator=fakes.addresses["scorer"]))
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    """`regen ...` in a fresh interpreter that reports, last, which heavy modules it imported."""
+    code = (
+        "import sys\n"
+        "from regen.cli.main import app\n"
+        "try:\n"
+        f"    app({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "else:\n"
+        "    code = 0\n"
+        f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_run_prints_results_and_never_imports_heavy_modules(fakes, dataset, tmp_path):
+    args = ["run", "--dataset", str(dataset), "--out", str(tmp_path / "out"), "--limit", "3"]
+    args += ["--rounds", "2", "--candidates", "2", "--progress", "plain"]
+    args += [f"--{name}={address}" for name, address in fakes.addresses.items()]
+    done = _cli(args)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY=\n" in done.stderr, done.stderr
+    assert "3 of 3 cases done" in done.stdout
+    results = Path(done.stdout.split("results: ")[1].split()[0])
+    assert (results / "benchmark_final.json").is_file()
+    assert "cat_1: done, selection" in done.stderr  # plain progress lines
+
+
+def test_cli_misconfiguration_messages(fakes, dataset, tmp_path):
+    done = _cli(["run", "--dataset", str(tmp_path / "nope"), "--progress", "none"])
+    assert done.returncode == 2
+    assert f"dataset {tmp_path / 'nope'}: no such folder" in done.stderr
+    done = _cli(["run", "--dataset", str(dataset), "--rounds", "0", "--progress", "none"])
+    assert done.returncode == 2 and "--rounds: Input should be greater than or equal to 1" in done.stderr
+    done = _cli(
+        [
+            "run",
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(tmp_path / "o"),
+            "--progress",
+            "none",
+            "--scorer",
+            "127.0.0.1:1",
+        ]
+        + [f"--{n}={a}" for n, a in fakes.addresses.items() if n != "scorer"]
+    )
+    assert done.returncode == 2 and "cannot reach the scorer at 127.0.0.1:1" in done.stderr
+
+
+def test_orchestrator_modules_import_no_heavy_libraries():
+    import regen.orchestrator
+
+    package = Path(regen.orchestrator.__file__).parent
+    modules = [f"regen.orchestrator.{p.stem}" for p in sorted(package.glob("*.py")) if p.stem != "__init__"]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in [*modules, "regen.cli.main"])
+    code += f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
