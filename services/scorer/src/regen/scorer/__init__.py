@@ -1,0 +1,1 @@
+"""The scorer: CLIP, DINOv2 and SSIM similarity between a reference and candidates."""
