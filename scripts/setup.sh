@@ -20,8 +20,14 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
 "${pip[@]}" install -q --upgrade pip
 # torch first, from plain pip: it is the one CPU-runnable build this machine's local wheels offer.
 "${pip[@]}" install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+# Services with their BentoML adapters; the describer also with `transformers serve`,
+# which its OpenAI-backend test talks to. vLLM (GPU only) is left out.
+declare -A EXTRAS=([services/scorer]=bentoml [services/generator]=bentoml [services/describer]=bentoml,serving)
 editable=()
-for part in "${PARTS[@]}"; do editable+=(-e "./$part"); done
+for part in "${PARTS[@]}"; do
+  extras=${EXTRAS[$part]:-}
+  editable+=(-e "./$part${extras:+[$extras]}")
+done
 "${pip[@]}" install -q -c constraints.txt "${editable[@]}" -r requirements-dev.txt
 rm -f "$VENV"/.regen-setup-*
 touch "$stamp"

@@ -102,3 +102,17 @@ def test_shared_config_files_are_valid_settings() -> None:
     for config in (REPO_ROOT / "deploy" / "regen.yaml", K8S / "base" / "regen.yaml"):
         for cls in (DescriberSettings, GeneratorSettings, ScorerSettings):
             load_settings(cls, preset="default", config_file=config)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICE_PORTS))
+def test_service_dockerfiles_match_their_service(name: str) -> None:
+    import re
+
+    dockerfile = (REPO_ROOT / "services" / name / "Dockerfile").read_text()
+    port = SERVICE_PORTS[name]
+    assert f"REGEN_{name.upper()}_PORT={port}" in dockerfile
+    assert f"EXPOSE 3000 {port}" in dockerfile
+    target = re.search(r'"service:(\w+)"', dockerfile)
+    assert target, "CMD must serve service.py's BentoML class"
+    service_py = (REPO_ROOT / "services" / name / "service.py").read_text()
+    assert re.search(rf"@bentoml\.service\([^)]*\)\s*\nclass {target.group(1)}\b", service_py)

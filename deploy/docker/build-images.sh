@@ -13,7 +13,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && [[ $BASE_IMAGE == reg
 fi
 mkdir -p deploy/docker/wheels
 if [[ $PARTS != orchestrator ]] && ! ls deploy/docker/wheels/torch-*.whl >/dev/null 2>&1; then
-  python3 -m pip download --no-deps -d deploy/docker/wheels torch==2.14.1 torchvision==0.29.1
+  python3 -m pip download -d deploy/docker/wheels torch==2.14.1 torchvision==0.29.1
 fi
 for part in $PARTS; do
   dockerfile=services/$part/Dockerfile
