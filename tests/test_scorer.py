@@ -126,6 +126,21 @@ def test_batched_equals_one_at_a_time(stub, evalref: Path) -> None:
             assert together[metric_id] == pytest.approx(alone[metric_id], abs=1e-4), (i, metric_id)
 
 
+def test_batch_invariant_scores_are_bit_identical(stub, evalref: Path) -> None:
+    """The tiny preset sets batch_invariant: a score must not change in its last bit with
+    the batch it shared, including batches coalesced from concurrent requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference_img = load(evalref, "complex_4")
+    reference = png(reference_img)
+    candidates = [png(t(reference_img)) for t in TRANSFORMS.values()]
+    alone = [score(stub, reference, [candidate])[0] for candidate in candidates]
+    assert score(stub, reference, candidates) == alone
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda c: score(stub, reference, [c, *candidates[:2]])[0], candidates))
+    assert concurrent == alone
+
+
 def test_ssim_agrees_with_scikit_image(stub, evalref: Path) -> None:
     for name in REFERENCES:
         reference = load(evalref, name)

@@ -83,6 +83,9 @@ class ScorerSettings(ServiceSettings):
     max_batch: int = Field(64, ge=1)
     max_candidates: int = Field(64, ge=1)
     reference_cache_size: int = Field(512, ge=0)
+    # Embed every image on its own (batch of one), so a score never depends on what
+    # else shared its forward pass: bit-exact reproducible runs at some throughput cost.
+    batch_invariant: bool = False
     # Decoded pixels one Score request may occupy (reference + candidates + candidates
     # resized for SSIM); larger requests get RESOURCE_EXHAUSTED before any decoding.
     max_request_pixels: int = Field(256 * 1024 * 1024, ge=1)
@@ -186,7 +189,12 @@ def preset_values(preset: str) -> dict[str, dict[str, Any]]:
     # three services share a small machine.
     cpu = {"device": "cpu", "dtype": "float32", "cpu_threads": 1}
     return {
-        "scorer": {**cpu, "clip_model": str(root / "clip"), "dinov2_model": str(root / "dinov2")},
+        "scorer": {
+            **cpu,
+            "clip_model": str(root / "clip"),
+            "dinov2_model": str(root / "dinov2"),
+            "batch_invariant": True,
+        },
         "generator": {
             **cpu,
             "model": str(root / "stable-diffusion"),

@@ -65,7 +65,12 @@ class ImageEmbedder:
             features = hidden.mean(dim=1) if self._pool == "mean" else hidden[:, 0]
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
-    def embed(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def embed(self, images: Sequence[Image.Image], *, one_by_one: bool = False) -> torch.Tensor:
+        """One forward pass over `images`, or one per image when `one_by_one` (kernels
+        may round differently at other batch sizes; alone, an image's embedding is
+        bit-identical whatever it was requested with)."""
+        if one_by_one:
+            return torch.cat([self.embed_pixels(self.preprocess([image])) for image in images])
         return self.embed_pixels(self.preprocess(images))
 
 

@@ -51,6 +51,7 @@ class ScorerEngine:
         device: str,
         reference_cache_size: int,
         ssim_chunk_pixels: int,
+        batch_invariant: bool = False,
     ) -> None:
         self.embedders = list(embedders)
         self.device = torch.device(device)
@@ -58,6 +59,7 @@ class ScorerEngine:
         self.metrics: tuple[MetricSpec, ...] = (*(e.spec for e in self.embedders), self.ssim)
         self.reference_cache: LruCache[torch.Tensor] = LruCache(reference_cache_size)
         self.ssim_chunk_pixels = ssim_chunk_pixels
+        self.batch_invariant = batch_invariant
 
     @classmethod
     def load(cls, settings: ScorerSettings) -> ScorerEngine:
@@ -72,6 +74,7 @@ class ScorerEngine:
             device=device,
             reference_cache_size=settings.reference_cache_size,
             ssim_chunk_pixels=settings.ssim_chunk_pixels,
+            batch_invariant=settings.batch_invariant,
         )
 
     @property
@@ -97,6 +100,7 @@ class ScorerEngine:
                 [jobs[i].candidate for i in wanted],
                 device=self.device,
                 chunk_pixels=self.ssim_chunk_pixels,
+                one_by_one=self.batch_invariant,
             )
             for i, value in zip(wanted, values, strict=True):
                 results[i][self.ssim.id] = value
@@ -116,7 +120,9 @@ class ScorerEngine:
             else:
                 vectors[sha] = cached
         # One forward pass: the uncached references, then every candidate.
-        embedded = embedder.embed([*to_embed.values(), *(job.candidate for job in jobs)])
+        embedded = embedder.embed(
+            [*to_embed.values(), *(job.candidate for job in jobs)], one_by_one=self.batch_invariant
+        )
         for row, sha in enumerate(to_embed):
             vectors[sha] = embedded[row].clone()
             self.reference_cache.put((model_id, sha), vectors[sha])

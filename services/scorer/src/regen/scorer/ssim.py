@@ -58,9 +58,11 @@ def ssim_scores(
     *,
     device: torch.device,
     chunk_pixels: int,
+    one_by_one: bool = False,
 ) -> list[float]:
     """SSIM of each candidate against its reference (pairs, same length). Pairs with the
-    same reference size run together, at most `chunk_pixels` candidate pixels at once."""
+    same reference size run together, at most `chunk_pixels` candidate pixels at once,
+    or each pair alone when `one_by_one`."""
     if len(references) != len(candidates):
         raise ValueError("references and candidates must pair up")
     scores = [0.0] * len(candidates)
@@ -70,7 +72,7 @@ def ssim_scores(
             raise ValueError(f"SSIM needs images of at least {MIN_SIDE}x{MIN_SIDE}; got {ref.size}")
         by_size[ref.size].append(i)
     for (width, height), indices in by_size.items():
-        per_chunk = max(1, chunk_pixels // (width * height))
+        per_chunk = 1 if one_by_one else max(1, chunk_pixels // (width * height))
         for start in range(0, len(indices), per_chunk):
             chunk = indices[start : start + per_chunk]
             refs = _stack([references[i] for i in chunk], device)
