@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GeneratorInfo(_message.Message):
-    __slots__ = ("model", "server", "prompt_token_budget", "default_width", "default_height", "default_steps", "default_guidance_scale", "max_batch", "size_multiple")
+    __slots__ = ("model", "server", "prompt_token_budget", "default_width", "default_height", "default_steps", "default_guidance_scale", "max_batch", "size_multiple", "steps_run")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class GeneratorInfo(_message.Message):
     DEFAULT_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     SIZE_MULTIPLE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_RUN_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelInfo
     server: _common_pb2.ServerInfo
     prompt_token_budget: int
@@ -27,7 +28,8 @@ class GeneratorInfo(_message.Message):
     default_guidance_scale: float
     max_batch: int
     size_multiple: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., server: _Optional[_Union[_common_pb2.ServerInfo, _Mapping]] = ..., prompt_token_budget: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_steps: _Optional[int] = ..., default_guidance_scale: _Optional[float] = ..., max_batch: _Optional[int] = ..., size_multiple: _Optional[int] = ...) -> None: ...
+    steps_run: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., server: _Optional[_Union[_common_pb2.ServerInfo, _Mapping]] = ..., prompt_token_budget: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_steps: _Optional[int] = ..., default_guidance_scale: _Optional[float] = ..., max_batch: _Optional[int] = ..., size_multiple: _Optional[int] = ..., steps_run: _Optional[int] = ...) -> None: ...
 
 class PromptSpec(_message.Message):
     __slots__ = ("text", "negative_prompt", "seed")

@@ -114,6 +114,10 @@ class GeneratorSettings(ServiceSettings):
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     max_batch: int = Field(8, ge=1)
+    # Render every image in its own pipeline call, so an image never depends on what else
+    # shared its batch: bit-exact reproducible runs at the cost of batching's throughput.
+    # Off, batch composition moves pixels by float rounding only (<= 1 level on the CPU).
+    batch_invariant: bool = False
     max_prompt_chars: int = Field(4000, ge=1)
     # Largest accepted request values (a huge size or step count would hold the GPU for minutes).
     max_steps: int = Field(500, ge=1)
@@ -202,6 +206,7 @@ def preset_values(preset: str) -> dict[str, dict[str, Any]]:
             "height": 64,
             "steps": 4,
             "guidance_scale": 5.0,
+            "batch_invariant": True,
         },
         # Short answer bounds keep the random-weight model's constrained answers (which
         # often run to every length limit) to a few hundred tokens.

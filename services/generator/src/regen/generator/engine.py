@@ -1,0 +1,197 @@
+"""The generator as its adapters (gRPC, BentoML HTTP) see it, with no transport inside.
+
+`Generator` validates a request against the loaded engine's limits, queues its prompts
+on a MicroBatcher that merges concurrent requests with equal render settings into one
+engine call, encodes each finished image as PNG on a small thread pool (so the model
+worker starts the next batch at once), and yields images as they are ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from regen.common.batching import MicroBatcher
+from regen.common.config import GeneratorSettings
+from regen.common.errors import InvalidInput
+from regen.common.images import encode_png
+from regen.generator.engines import (
+    EngineInfo,
+    GenerationItem,
+    GenerationResult,
+    GeneratorEngine,
+    RenderParams,
+    load_engine,
+)
+
+
+@dataclass
+class PromptSpec:
+    text: str
+    negative_prompt: str = ""
+    seed: int = 0
+
+
+@dataclass
+class GenerateRequest:
+    """Unset (None) width / height / steps / guidance_scale take the model's defaults."""
+
+    prompts: list[PromptSpec] = field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+
+@dataclass
+class GeneratedImage:
+    index: int
+    png: bytes
+    seed: int
+    elapsed_s: float
+    width: int
+    height: int
+    prompt_tokens: int = 0
+    prompt_truncated: bool = False
+    refused: bool = False
+    refusal_reason: str = ""
+
+
+def _check_size(name: str, value: int | None, default: int, info: EngineInfo, max_side: int) -> int:
+    if value is None:
+        return default
+    if value < info.size_multiple or value > max_side:
+        raise InvalidInput(f"{name}: {value} is out of range; use {info.size_multiple} to {max_side}")
+    if value % info.size_multiple:
+        raise InvalidInput(f"{name}: {value} is not a multiple of {info.size_multiple}")
+    return value
+
+
+def validate(request: GenerateRequest, info: EngineInfo, settings: GeneratorSettings) -> list[GenerationItem]:
+    """The request as engine items, or InvalidInput naming the field (and index)."""
+    prompts = request.prompts
+    if not prompts:
+        raise InvalidInput("prompts: empty; send at least one prompt")
+    if len(prompts) > settings.max_batch:
+        raise InvalidInput(
+            f"prompts: {len(prompts)} prompts exceed this generator's max_batch of {settings.max_batch}; "
+            "split the request"
+        )
+    width = _check_size("width", request.width, info.default_width, info, settings.max_side)
+    height = _check_size("height", request.height, info.default_height, info, settings.max_side)
+    steps = info.default_steps if request.steps is None else request.steps
+    if request.steps is not None and not 1 <= request.steps <= settings.max_steps:
+        raise InvalidInput(
+            f"steps: {request.steps} is out of range; use 1 to {settings.max_steps}, "
+            f"or leave it unset for the model's default ({info.default_steps})"
+        )
+    guidance = info.default_guidance_scale if request.guidance_scale is None else request.guidance_scale
+    if not math.isfinite(guidance) or not 0 <= guidance <= 100:
+        raise InvalidInput(f"guidance_scale: {guidance} is out of range; use 0 to 100")
+    if not info.supports_sampling_params:
+        steps, guidance = 0, 0.0  # ignored by the engine; keep batches mergeable
+
+    items: list[GenerationItem] = []
+    for index, spec in enumerate(prompts):
+        where = f"prompts[{index}]"
+        if not spec.text.strip():
+            raise InvalidInput(f"{where}.text: empty; every prompt needs text")
+        for name, text in (("text", spec.text), ("negative_prompt", spec.negative_prompt)):
+            if len(text) > settings.max_prompt_chars:
+                raise InvalidInput(
+                    f"{where}.{name}: {len(text)} characters exceeds the limit of {settings.max_prompt_chars}"
+                )
+        if spec.seed < 0:
+            raise InvalidInput(f"{where}.seed: {spec.seed} is negative; seeds must be >= 0")
+        negative = spec.negative_prompt or settings.negative_prompt
+        if negative and not info.supports_negative_prompt:
+            raise InvalidInput(f"{where}.negative_prompt: the {info.backend} engine ({info.model_id}) has none")
+        params = RenderParams(width, height, steps, guidance, uses_negative_prompt=bool(negative))
+        items.append(GenerationItem(index, spec.text, negative, spec.seed, params))
+    return items
+
+
+class Generator:
+    """One loaded engine behind a cross-request batcher; share it between adapters."""
+
+    def __init__(self, engine: GeneratorEngine, settings: GeneratorSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.batcher: MicroBatcher[GenerationItem, GenerationResult] = MicroBatcher(
+            engine.generate,
+            max_batch=1 if settings.batch_invariant else settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            # Everything that must be equal within one pipeline call.
+            key=lambda item: item.params,
+            name="generator",
+        )
+        self._encoder = ThreadPoolExecutor(settings.png_threads, thread_name_prefix="png-encode")
+
+    def info(self) -> EngineInfo:
+        return self.engine.info()
+
+    def validate(self, request: GenerateRequest) -> list[GenerationItem]:
+        return validate(request, self.engine.info(), self.settings)
+
+    def _encode(self, result: GenerationResult) -> bytes:
+        if result.image is None:
+            return b""
+        return encode_png(result.image, self.settings.png_compress_level)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedImage]:
+        """Yield one image per prompt as soon as it is encoded (any order; see `index`).
+
+        Closing the iterator (client gone, deadline passed) cancels the request's queued
+        items and marks its in-flight ones, so the engine stops a batch nobody waits for."""
+        arrived = time.monotonic()
+        items = self.validate(request)
+        loop = asyncio.get_running_loop()
+        rendering: dict[asyncio.Future, GenerationItem] = dict(zip(self.batcher.submit(items), items, strict=True))
+        encoding: dict[asyncio.Future, tuple[GenerationItem, GenerationResult]] = {}
+        try:
+            while rendering or encoding:
+                done, _ = await asyncio.wait([*rendering, *encoding], return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    if future in rendering:
+                        item = rendering.pop(future)
+                        result = future.result()  # re-raises the item's error
+                        encoding[loop.run_in_executor(self._encoder, self._encode, result)] = (item, result)
+                        continue
+                    item, result = encoding.pop(future)
+                    yield GeneratedImage(
+                        index=item.index,
+                        png=future.result(),
+                        seed=item.seed,
+                        elapsed_s=time.monotonic() - arrived,
+                        width=result.image.width if result.image is not None else item.params.width,
+                        height=result.image.height if result.image is not None else item.params.height,
+                        prompt_tokens=result.prompt_tokens,
+                        prompt_truncated=result.prompt_truncated,
+                        refused=result.refused,
+                        refusal_reason=result.refusal_reason,
+                    )
+        finally:
+            for item in items:
+                item.cancelled.set()
+            for future in rendering:
+                future.cancel()
+
+    async def generate_all(self, request: GenerateRequest) -> list[GeneratedImage]:
+        """Every image, in prompt order."""
+        images = [image async for image in self.generate(request)]
+        return sorted(images, key=lambda image: image.index)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self._encoder.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.engine.close)
+
+
+def build_generator(settings: GeneratorSettings, engine: GeneratorEngine | None = None) -> Generator:
+    """Load the configured engine (or wrap a given one) for serving."""
+    return Generator(engine if engine is not None else load_engine(settings), settings)

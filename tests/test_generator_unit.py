@@ -1,0 +1,168 @@
+"""Generator pieces without a server: token budgets and size rules of other pipeline
+families, request validation and batching keys, the engine registry, the scheduler
+override, and the benchmark's real-shape code path (shrunk, on the CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from regen.common.config import GeneratorSettings, load_settings
+from regen.common.errors import InvalidInput
+from regen.generator.engine import GenerateRequest, PromptSpec, validate
+from regen.generator.engines import ENGINES, EngineInfo
+from regen.generator.engines.diffusers_engine import DiffusersEngine, default_size, size_multiple, token_budget
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeTokenizer:
+    def __init__(self, model_max_length: int) -> None:
+        self.model_max_length = model_max_length
+
+
+class CLIPTokenizer(FakeTokenizer):
+    pass
+
+
+class T5TokenizerFast(FakeTokenizer):
+    pass
+
+
+class PixArtLikePipeline:
+    def __init__(self) -> None:
+        self.tokenizer = T5TokenizerFast(512)
+
+    def __call__(self, prompt: str, max_sequence_length: int = 120) -> None: ...
+
+
+class FluxPipeline:
+    vae_scale_factor = 8
+    default_sample_size = 128
+    transformer = SimpleNamespace(config=SimpleNamespace(patch_size=1))
+
+
+def test_token_budget_of_clip_conditioned_pipelines_is_the_clip_limit() -> None:
+    sdxl = SimpleNamespace(tokenizer=CLIPTokenizer(77), tokenizer_2=CLIPTokenizer(77))
+    assert token_budget(sdxl)[1] == 77
+    sd3 = SimpleNamespace(tokenizer=CLIPTokenizer(77), tokenizer_2=CLIPTokenizer(77), tokenizer_3=T5TokenizerFast(512))
+    tokenizer, budget = token_budget(sd3)
+    assert budget == 77 and isinstance(tokenizer, CLIPTokenizer)
+
+
+def test_token_budget_without_clip_is_the_pipelines_max_sequence_length() -> None:
+    assert token_budget(PixArtLikePipeline())[1] == 120
+    no_limit = SimpleNamespace(tokenizer=T5TokenizerFast(int(1e30)), __call__=lambda prompt: None)
+    assert token_budget(no_limit)[1] == 0
+    assert token_budget(SimpleNamespace()) == (None, 0)
+
+
+def test_sizes_follow_the_vae_and_the_transformer_patch() -> None:
+    assert size_multiple(FluxPipeline()) == 16 and default_size(FluxPipeline()) == 1024
+    sd3 = SimpleNamespace(vae_scale_factor=8, transformer=SimpleNamespace(config=SimpleNamespace(patch_size=2)))
+    assert size_multiple(sd3) == 16
+    tiny = SimpleNamespace(vae_scale_factor=2, unet=SimpleNamespace(config=SimpleNamespace(sample_size=32)))
+    assert size_multiple(tiny) == 8 and default_size(tiny) == 64
+
+
+def _info(**changes) -> EngineInfo:
+    fields = {
+        "model_id": "m",
+        "revision": "r",
+        "backend": "diffusers",
+        "device": "cpu",
+        "dtype": "float32",
+        "prompt_token_budget": 77,
+        "default_width": 512,
+        "default_height": 512,
+        "default_steps": 30,
+        "default_guidance_scale": 7.5,
+        "size_multiple": 8,
+    }
+    return EngineInfo(**{**fields, **changes})
+
+
+def test_validation_applies_defaults_and_keys_batches_by_render_settings() -> None:
+    settings = load_settings(GeneratorSettings, negative_prompt="")
+    request = GenerateRequest([PromptSpec("a cat", seed=1), PromptSpec("a dog", "blurry", seed=2)])
+    plain, negative = validate(request, _info(), settings)
+    assert (plain.params.width, plain.params.height, plain.params.steps) == (512, 512, 30)
+    assert plain.params.guidance_scale == 7.5 and not plain.params.uses_negative_prompt
+    assert negative.params.uses_negative_prompt and negative.negative_prompt == "blurry"
+    assert plain.params != negative.params  # never merged into one pipeline call
+    again = validate(GenerateRequest([PromptSpec("a bird", seed=9)]), _info(), settings)[0]
+    assert again.params == plain.params  # merged with other requests of equal settings
+    other = validate(GenerateRequest([PromptSpec("a bird", seed=9)], steps=20), _info(), settings)[0]
+    assert other.params != plain.params
+
+
+def test_a_configured_negative_prompt_applies_to_every_prompt() -> None:
+    settings = load_settings(GeneratorSettings, negative_prompt="lowres, watermark")
+    item = validate(GenerateRequest([PromptSpec("a cat")]), _info(), settings)[0]
+    assert item.negative_prompt == "lowres, watermark" and item.params.uses_negative_prompt
+
+
+def test_vendor_requests_ignore_sampling_params_and_refuse_negative_prompts() -> None:
+    settings = load_settings(GeneratorSettings)
+    vendor = _info(backend="openai", supports_negative_prompt=False, supports_sampling_params=False)
+    a = validate(GenerateRequest([PromptSpec("a cat")], steps=50), vendor, settings)[0]
+    b = validate(GenerateRequest([PromptSpec("a dog")], guidance_scale=3.0), vendor, settings)[0]
+    assert a.params == b.params and a.params.steps == 0
+    with pytest.raises(InvalidInput, match=r"prompts\[0\]\.negative_prompt"):
+        validate(GenerateRequest([PromptSpec("a cat", "blurry")]), vendor, settings)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (GenerateRequest([PromptSpec("a")], width=4), "width: 4 is out of range"),
+        (GenerateRequest([PromptSpec("a")], height=4096), "height: 4096 is out of range"),
+        (GenerateRequest([PromptSpec("a")], guidance_scale=float("nan")), "guidance_scale: nan"),
+        (GenerateRequest([PromptSpec("a", "n" * 5000)]), r"prompts\[0\]\.negative_prompt: 5000 characters"),
+    ],
+)
+def test_validation_messages_name_the_field(request_, message) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        validate(request_, _info(), load_settings(GeneratorSettings))
+
+
+def test_every_registered_engine_is_importable_and_complete() -> None:
+    import importlib
+
+    for name, target in ENGINES.items():
+        module, cls = target.split(":")
+        engine_cls = getattr(importlib.import_module(module), cls)
+        for method in ("info", "generate", "steps_run", "close"):
+            assert callable(getattr(engine_cls, method)), (name, method)
+    assert set(ENGINES) == set(GeneratorSettings.model_fields["engine"].annotation.__args__)
+
+
+def test_scheduler_override_by_class_name(tiny_models) -> None:
+    settings = load_settings(GeneratorSettings, preset="tiny", scheduler="EulerDiscreteScheduler")
+    engine = DiffusersEngine(settings)
+    assert type(engine.pipeline.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert engine.pipeline.scheduler.config.beta_schedule == "scaled_linear"  # kept from the model's config
+    with pytest.raises(ValueError, match="unknown diffusers scheduler 'NoSuchScheduler'"):
+        DiffusersEngine(load_settings(GeneratorSettings, preset="tiny", scheduler="NoSuchScheduler"))
+
+
+@pytest.mark.slow
+def test_benchmark_real_shapes_code_path_runs_scaled_down(tmp_path) -> None:
+    """The GPU benchmark's pipeline builders, in-process timing and gRPC client, with the
+    real SD1.5 / SDXL block structure at tiny widths, on the CPU."""
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "generator.py"), "--shapes", "real", "--scale-down"]
+    command += ["--device", "cpu", "--steps", "1", "--repeats", "1", "--batches", "1", "2", "--json", str(out)]
+    answer = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert "sd15" in answer.stdout and "sdxl" in answer.stdout
+    import json
+
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["batch"]) for r in rows] == [("sd15", 1), ("sd15", 2), ("sdxl", 1), ("sdxl", 2)]
+    assert all(r["in_process"] > 0 and r["grpc"] > 0 for r in rows)
