@@ -11,8 +11,6 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +25,8 @@ from typing import ClassVar
 
 import grpc
 import pytest
+from bento_server import free_port, serve_bento, stop_process_group
+from bento_server import post as http_post
 
 from regen.common.config import DescriberSettings, load_settings
 from regen.common.grpc_server import channel_options
@@ -34,10 +34,9 @@ from regen.describer import convert, schemas
 from regen.describer.answers import ImageUnderstandingTree
 from regen.describer.budget import EstimatedTokens
 from regen.describer.engine import MIN_TOKEN_BUDGET
-from regen.orchestrator.launcher import LocalServices, wait_for_serving
+from regen.orchestrator.launcher import LocalServices
 from regen.v1 import common_pb2, describer_pb2, describer_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-regen-test-secret-0123456789"
 
 
@@ -55,12 +54,6 @@ def tiny_settings() -> DescriberSettings:
 def tiny_bounds() -> schemas.AnswerBounds:
     s = tiny_settings()
     return schemas.AnswerBounds(s.max_text_chars, s.max_field_chars, s.max_relationships, s.max_differences)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stub_for(address: str) -> describer_pb2_grpc.DescriberStub:
@@ -370,17 +363,7 @@ def transformers_serve(tiny_models, tmp_path_factory) -> Iterator[str]:
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 @pytest.mark.slow
@@ -597,39 +580,18 @@ def test_vllm_backend_answers_every_task_schema_valid(tiny_models, images):
 
 @pytest.mark.slow
 def test_bentoml_service_http_and_grpc_give_the_same_answer(tiny_models, images, tmp_path):
-    http_port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "REGEN_PRESET": "tiny",
-        "REGEN_DESCRIBER_PORT": str(grpc_port),
-        "REGEN_DESCRIBER_CACHE_DIR": str(tmp_path / "cache"),
-        "REGEN_DESCRIBER_CPU_THREADS": "1",
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-    }
-    bentoml = Path(sys.executable).parent / "bentoml"
-    cmd = [str(bentoml), "serve", "services/describer/service.py:Describer", "--host", "127.0.0.1"]
-    cmd += ["--port", str(http_port)]
-    log_path = tmp_path / "bentoml.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        wait_for_serving(f"127.0.0.1:{grpc_port}", timeout_s=240, service="bentoml describer", proc=proc)
-        stub = stub_for(f"127.0.0.1:{grpc_port}")
+    extra_env = {"REGEN_DESCRIBER_CACHE_DIR": str(tmp_path / "cache"), "REGEN_DESCRIBER_CPU_THREADS": "1"}
+    target = "services/describer/service.py:Describer"
+    with serve_bento(target, "REGEN_DESCRIBER_PORT", tmp_path, extra_env, startup_timeout_s=240) as addresses:
+        http_url, grpc_address = addresses
+        stub = stub_for(grpc_address)
         request = describer_pb2.JudgeRequest(reference_png=images["complex_1"], candidate_png=images["scene_1"])
         over_grpc = stub.Judge(request)
 
         def post(endpoint: str, body: dict) -> tuple[int, dict | str]:
-            data = json.dumps(body).encode()
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{http_port}/{endpoint}", data=data, headers={"content-type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=120) as reply:
-                    return reply.status, json.loads(reply.read())
-            except urllib.error.HTTPError as exc:
-                return exc.code, exc.read().decode(errors="replace")
+            """The answer as JSON; an error (4xx, 5xx) as its text."""
+            status, reply = http_post(f"{http_url}/{endpoint}", body)
+            return status, json.loads(reply) if status < 400 else reply.decode(errors="replace")
 
         b64 = {name: base64.b64encode(data).decode() for name, data in images.items()}
         status, over_http = post("judge", {"reference_png": b64["complex_1"], "candidate_png": b64["scene_1"]})
@@ -646,5 +608,3 @@ def test_bentoml_service_http_and_grpc_give_the_same_answer(tiny_models, images,
         assert status == 400 and "image_png" in body
         status, info = post("info", {})
         assert status == 200 and info["model"]["backend"] == "transformers" and info["server"]["items"] >= 1
-    finally:
-        _stop(proc)

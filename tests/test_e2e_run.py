@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
+from heavy_imports import run_regen_cli
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-HEAVY_MODULES = ("torch", "transformers", "diffusers")
 CASES = ["complex_1", "portrait_1", "object_1", "scene_1"]  # --limit 4: one per category
 METRICS = ("clip", "dinov2", "ssim", "selection", "judge_content", "judge_quality", "judge_mean")
 
@@ -212,19 +212,7 @@ def test_embedded_default_starts_runs_and_stops_the_services(tiny_models, tmp_pa
     orchestrator process itself never imports torch, transformers or diffusers."""
     args = ["run", "--dataset", "evalref-100", "--preset", "tiny", "--limit", "1", "--rounds", "1"]
     args += ["--candidates", "2", "--out", str(tmp_path), "--progress", "plain"]
-    code = (
-        "import sys\n"
-        "from regen.cli.main import app\n"
-        "try:\n"
-        f"    app({args!r})\n"
-        "except SystemExit as exc:\n"
-        "    status = exc.code\n"
-        "else:\n"
-        "    status = 0\n"
-        f"print('HEAVY=' + ','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules), file=sys.stderr)\n"
-        "sys.exit(status)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    done = run_regen_cli(args, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "HEAVY=\n" in done.stderr
     run_dir = _results_dir(done.stdout)

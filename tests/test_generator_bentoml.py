@@ -7,97 +7,27 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from bento_server import post, serve_bento
 from PIL import Image
 
-from regen.orchestrator.launcher import wait_for_serving
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BENTOML = Path(sys.executable).with_name("bentoml")
 PROMPTS = [
     {"text": "a red fox sleeping in fresh snow, watercolor", "seed": 11},
     {"text": "a tall lighthouse on a rocky cliff at sunset", "seed": 12, "negative_prompt": "blurry"},
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def post(url: str, body: dict) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            return reply.status, reply.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def wait_for_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
-def bento(tiny_models) -> Iterator[tuple[str, str]]:
-    if not BENTOML.exists():
-        pytest.skip("bentoml is not installed")
-    http_port, grpc_port = free_port(), free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="regen-generator-bento-"))
-    log = workdir / "bentoml.log"
-    env = {
-        **os.environ,
-        "REGEN_PRESET": "tiny",
-        "REGEN_GENERATOR_PORT": str(grpc_port),
-        "BENTOML_HOME": str(workdir / "home"),
-        "BENTOML_DO_NOT_TRACK": "true",
-    }
-    command = [str(BENTOML), "serve", "services/generator/service.py:Generator", "--host", "127.0.0.1"]
-    command += ["--port", str(http_port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        wait_for_http(f"http://127.0.0.1:{http_port}/readyz", proc, 120, log)
-        wait_for_serving(f"127.0.0.1:{grpc_port}", timeout_s=30, proc=proc)
-        yield f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def bento(tiny_models, tmp_path_factory) -> Iterator[tuple[str, str]]:
+    workdir = tmp_path_factory.mktemp("generator-bento")
+    with serve_bento("services/generator/service.py:Generator", "REGEN_GENERATOR_PORT", workdir) as addresses:
+        yield addresses
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from heavy_imports import HEAVY_MODULES, run_regen_cli
 from PIL import Image
 
 from regen.common.grpc_server import GrpcHost, Registration, grpc_errors
@@ -34,8 +35,6 @@ from regen.v1 import (
     scorer_pb2,
     scorer_pb2_grpc,
 )
-
-HEAVY_MODULES = ("torch", "transformers", "diffusers")
 
 
 def _digest(*parts: object) -> bytes:
@@ -426,29 +425,11 @@ def test_dead_service_fails_fast_naming_it(fakes, dataset, tmp_path):
         run(_config(fakes, dataset, tmp_path / "out", generator=fakes.addresses["scorer"]))
 
 
-def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    """`regen ...` in a fresh interpreter that reports, last, which heavy modules it imported."""
-    code = (
-        "import sys\n"
-        "from regen.cli.main import app\n"
-        "try:\n"
-        f"    app({args!r})\n"
-        "except SystemExit as exc:\n"
-        "    code = exc.code\n"
-        "else:\n"
-        "    code = 0\n"
-        f"heavy = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)\n"
-        "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n"
-        "sys.exit(code)\n"
-    )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-
-
 def test_cli_run_prints_results_and_never_imports_heavy_modules(fakes, dataset, tmp_path):
     args = ["run", "--dataset", str(dataset), "--out", str(tmp_path / "out"), "--limit", "3"]
     args += ["--rounds", "2", "--candidates", "2", "--progress", "plain"]
     args += [f"--{name}={address}" for name, address in fakes.addresses.items()]
-    done = _cli(args)
+    done = run_regen_cli(args)
     assert done.returncode == 0, done.stderr
     assert "HEAVY=\n" in done.stderr, done.stderr
     assert "3 of 3 cases done" in done.stdout
@@ -458,12 +439,12 @@ def test_cli_run_prints_results_and_never_imports_heavy_modules(fakes, dataset, 
 
 
 def test_cli_misconfiguration_messages(fakes, dataset, tmp_path):
-    done = _cli(["run", "--dataset", str(tmp_path / "nope"), "--progress", "none"])
+    done = run_regen_cli(["run", "--dataset", str(tmp_path / "nope"), "--progress", "none"])
     assert done.returncode == 2
     assert f"dataset {tmp_path / 'nope'}: no such folder" in done.stderr
-    done = _cli(["run", "--dataset", str(dataset), "--rounds", "0", "--progress", "none"])
+    done = run_regen_cli(["run", "--dataset", str(dataset), "--rounds", "0", "--progress", "none"])
     assert done.returncode == 2 and "--rounds: Input should be greater than or equal to 1" in done.stderr
-    done = _cli(
+    done = run_regen_cli(
         [
             "run",
             "--dataset",

@@ -9,33 +9,20 @@ base64-encoded image files; an IUT is the JSON form the `understand` endpoint re
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import asdict
-from http import HTTPStatus
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 
+from regen.common import bento
 from regen.common.config import DescriberSettings, load_settings
-from regen.common.errors import InvalidInput, RegenError
+from regen.common.errors import RegenError
 from regen.common.grpc_server import EngineSlot, GrpcHost
+from regen.common.identity import model_json
 from regen.describer.convert import differences_from_json, iut_from_json
 from regen.describer.engine import CallReport
 from regen.describer.server import build_engine, registrations
 from regen.describer.servicer import describer_info
-
-
-def _b64decode(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{what}: not valid base64: {exc}") from None
-
-
-def _http_error(exc: RegenError) -> BentoMLException:
-    return BentoMLException(str(exc), error_code=HTTPStatus(exc.http_status))
 
 
 def _call(report: CallReport) -> dict[str, Any]:
@@ -52,40 +39,29 @@ class Describer:
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
-        # grpc.aio objects bind to the running loop, so they are created here, not in __init__.
-        self.grpc = GrpcHost(self.settings.host, self.settings.port, max_message_bytes=self.settings.max_message_bytes)
-        await self.grpc.start(registrations(self.slot, self.settings))
+        self.grpc = await bento.start_grpc(self.settings, self.slot, registrations)
 
     @bentoml.on_shutdown
     async def stop_grpc(self) -> None:
-        if self.grpc is not None:
-            await self.grpc.stop()
-        await self.engine.aclose()
+        await bento.stop_grpc(self.grpc, self.engine.aclose)
 
     @bentoml.api
     async def info(self) -> dict:
         """Model identity, template version and model-call statistics."""
         info = describer_info(self.engine)
-        model = info.model
         return {
-            "model": {
-                "model_id": model.model_id,
-                "revision": model.revision,
-                "backend": model.backend,
-                "device": model.device,
-                "dtype": model.dtype,
-            },
+            "model": model_json(info.model),
             "template_version": info.template_version,
-            "server": {"busy_s": info.server.busy_s, "batches": info.server.batches, "items": info.server.items},
+            "server": bento.stats_json(info.server),
         }
 
     @bentoml.api
     async def understand(self, image_png: str) -> dict:
         """Image (base64) -> {"iut": {...}, "call": {...}}."""
         try:
-            result = await self.engine.understand(_b64decode(image_png, "image_png"))
+            result = await self.engine.understand(bento.b64decode_field(image_png, "image_png"))
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         return {"iut": result.answer.to_json(), "call": _call(result.call)}
 
     @bentoml.api
@@ -94,7 +70,7 @@ class Describer:
         try:
             result = await self.engine.write_prompt(iut_from_json(iut), token_budget)
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         return {"prompt": result.answer, "call": _call(result.call)}
 
     @bentoml.api
@@ -103,7 +79,7 @@ class Describer:
         try:
             result = await self.engine.variants(prompt, n, token_budget, seed)
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         return {"prompts": result.answer, "call": _call(result.call)}
 
     @bentoml.api
@@ -111,10 +87,12 @@ class Describer:
         """Reference and candidate (base64) -> {"differences": [{"aspect", "description"}], "call"}."""
         try:
             result = await self.engine.compare(
-                _b64decode(reference_png, "reference_png"), _b64decode(candidate_png, "candidate_png"), prompt
+                bento.b64decode_field(reference_png, "reference_png"),
+                bento.b64decode_field(candidate_png, "candidate_png"),
+                prompt,
             )
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         return {"differences": [asdict(d) for d in result.answer], "call": _call(result.call)}
 
     @bentoml.api
@@ -123,7 +101,7 @@ class Describer:
         try:
             result = await self.engine.revise(prompt, differences_from_json(differences), token_budget)
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         return {"prompt": result.answer, "call": _call(result.call)}
 
     @bentoml.api
@@ -131,8 +109,9 @@ class Describer:
         """Reference and candidate (base64) -> {"content_consistency", "perceptual_quality", "rationale", "call"}."""
         try:
             result = await self.engine.judge(
-                _b64decode(reference_png, "reference_png"), _b64decode(candidate_png, "candidate_png")
+                bento.b64decode_field(reference_png, "reference_png"),
+                bento.b64decode_field(candidate_png, "candidate_png"),
             )
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         return asdict(result.answer) | {"call": _call(result.call)}

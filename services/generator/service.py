@@ -13,16 +13,16 @@ import base64
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import asdict
-from http import HTTPStatus
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel
 
+from regen.common import bento
 from regen.common.config import GeneratorSettings, load_settings
 from regen.common.errors import RegenError
 from regen.common.grpc_server import EngineSlot, GrpcHost
+from regen.common.identity import model_json
 from regen.generator import engine as core
 from regen.generator.server import build_engine, registrations
 
@@ -31,10 +31,6 @@ class Prompt(BaseModel):
     text: str
     negative_prompt: str = ""
     seed: int = 0
-
-
-def _http_error(exc: RegenError) -> BentoMLException:
-    return BentoMLException(str(exc), error_code=HTTPStatus(exc.http_status))
 
 
 def _request(prompts: list[Prompt], width, height, steps, guidance_scale) -> core.GenerateRequest:
@@ -63,15 +59,11 @@ class Generator:
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
-        # grpc.aio objects bind to the running loop, so they are created here, not in __init__.
-        self.grpc = GrpcHost(self.settings.host, self.settings.port, max_message_bytes=self.settings.max_message_bytes)
-        await self.grpc.start(registrations(self.slot, self.settings))
+        self.grpc = await bento.start_grpc(self.settings, self.slot, registrations)
 
     @bentoml.on_shutdown
     async def stop_grpc(self) -> None:
-        if self.grpc is not None:
-            await self.grpc.stop()
-        await self.generator.close()
+        await bento.stop_grpc(self.grpc, self.generator.close)
 
     @bentoml.api
     async def generate(
@@ -88,7 +80,7 @@ class Generator:
         try:
             images = await self.generator.generate_all(_request(prompts, width, height, steps, guidance_scale))
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         return {"images": [_image_json(image) for image in images]}
 
     @bentoml.api
@@ -105,7 +97,7 @@ class Generator:
         try:
             self.generator.validate(request)  # refuse bad input with a status, before streaming
         except RegenError as exc:
-            raise _http_error(exc) from None
+            raise bento.http_error(exc) from None
         async for image in self.generator.generate(request):
             yield json.dumps(_image_json(image)) + "\n"
 
@@ -113,15 +105,8 @@ class Generator:
     async def info(self) -> dict:
         """Model identity, prompt token budget, defaults, limits and batching statistics."""
         info = self.generator.info()
-        stats = self.generator.batcher.stats
         return {
-            "model": {
-                "model_id": info.model_id,
-                "revision": info.revision,
-                "backend": info.backend,
-                "device": info.device,
-                "dtype": info.dtype,
-            },
+            "model": model_json(info),
             "prompt_token_budget": info.prompt_token_budget,
             "default_width": info.default_width,
             "default_height": info.default_height,
@@ -130,5 +115,5 @@ class Generator:
             "max_batch": self.settings.max_batch,
             "size_multiple": info.size_multiple,
             "steps_run": self.generator.engine.steps_run(),
-            "server": {"busy_s": stats.busy_s, "batches": stats.batches, "items": stats.items},
+            "server": bento.stats_json(self.generator.batcher.stats),
         }

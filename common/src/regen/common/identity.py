@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import time
 from pathlib import Path
+from typing import Any
 
 from regen.common import __version__
 from regen.common.batching import BatchStats
@@ -28,6 +29,18 @@ def model_revision(model: str, revision: str | None = None) -> str:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def model_json(model: Any) -> dict[str, Any]:
+    """A model's identity as JSON, from a regen.v1.ModelInfo or anything else with
+    model_id, revision, backend, device and dtype."""
+    return {
+        "model_id": model.model_id,
+        "revision": model.revision,
+        "backend": model.backend,
+        "device": model.device,
+        "dtype": model.dtype,
+    }
 
 
 def library_versions(*names: str) -> dict[str, str]:

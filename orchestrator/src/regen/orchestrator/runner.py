@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from regen.common.identity import model_json
 from regen.orchestrator.aggregate import aggregate
 from regen.orchestrator.clients import Clients
 from regen.orchestrator.config import RunConfig, stable_hash
@@ -72,22 +73,12 @@ def default_run_name(dataset: str, generator_model: str, seed: int, config_hash:
     return f"{_slug(dataset)}-{_slug(model)}-seed{seed}-{config_hash[:8]}"
 
 
-def _model(info: Any) -> dict[str, Any]:
-    return {
-        "model_id": info.model_id,
-        "revision": info.revision,
-        "backend": info.backend,
-        "device": info.device,
-        "dtype": info.dtype,
-    }
-
-
 def describe_models(describer_info: Any, generator_info: Any, scorer_info: Any) -> dict[str, Any]:
     """Everything about the services that changes results (no timings, no counters)."""
     return {
-        "describer": {**_model(describer_info.model), "template_version": describer_info.template_version},
+        "describer": {**model_json(describer_info.model), "template_version": describer_info.template_version},
         "generator": {
-            **_model(generator_info.model),
+            **model_json(generator_info.model),
             "prompt_token_budget": generator_info.prompt_token_budget,
             "default_width": generator_info.default_width,
             "default_height": generator_info.default_height,
@@ -95,7 +86,7 @@ def describe_models(describer_info: Any, generator_info: Any, scorer_info: Any) 
             "default_guidance_scale": round(float(generator_info.default_guidance_scale), 6),
         },
         "scorer": {
-            "models": [_model(m) for m in scorer_info.models],
+            "models": [model_json(m) for m in scorer_info.models],
             "metrics": [
                 {
                     "id": m.id,
