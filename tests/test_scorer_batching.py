@@ -43,9 +43,9 @@ class BatchRecorder:
             monkeypatch.setattr(embedder, "embed", self._recording_embed(embedder.spec.name, embedder.embed))
 
     def _recording_embed(self, name, embed):
-        def recording_embed(images):
+        def recording_embed(images, **kwargs):
             self.embedded[name].append(len(images))
-            return embed(images)
+            return embed(images, **kwargs)
 
         return recording_embed
 
