@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -103,10 +105,8 @@ def encode_png(img: Image.Image, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def load_image_file(path, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+def load_image_file(path: str | os.PathLike, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode an image file; errors name the file."""
-    from pathlib import Path
-
     p = Path(path)
     try:
         data = p.read_bytes()
