@@ -200,3 +200,58 @@ def test_server_health_reflection_and_status_codes() -> None:
         await host.stop(0)
 
     asyncio.run(main())
+
+
+_STANDALONE_SERVICE = """
+import sys, time
+from pathlib import Path
+from regen.common.config import ScorerSettings
+from regen.common.grpc_server import Registration
+from regen.common.serving import run_service
+from regen.v1 import scorer_pb2_grpc
+
+def build_engine(settings):
+    time.sleep(0.5)  # a model load: health says NOT_SERVING meanwhile
+    return "engine"
+
+def registrations(slot, settings):
+    servicer = scorer_pb2_grpc.ScorerServicer()
+    return [Registration(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, "regen.v1.Scorer")]
+
+run_service(ScorerSettings(port=0), build_engine, registrations, port_file=Path(sys.argv[1]),
+            close_engine=lambda engine: print("closed", engine, flush=True))
+"""
+
+
+def test_standalone_service_shuts_down_gracefully_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from regen.common.healthcheck import check
+
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STANDALONE_SERVICE, str(port_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "service did not bind"
+            time.sleep(0.05)
+        address = f"127.0.0.1:{int(port_file.read_text())}"
+        while not check(address):
+            assert proc.poll() is None and time.monotonic() < deadline, "service never became SERVING"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "closed engine" in output
+    assert not check(address)
