@@ -38,6 +38,7 @@ except ModuleNotFoundError:  # a source checkout: use its src folders, here and 
     sys.path[:0] = _paths
     os.environ["PYTHONPATH"] = os.pathsep.join([*_paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
+from regen.common.config import tiny_models_dir
 from regen.orchestrator.clients import Clients
 from regen.orchestrator.config import RetryPolicy, RunConfig
 from regen.orchestrator.dataset import Case, load_reference_png, resolve_dataset
@@ -124,7 +125,13 @@ def fresh_services(args, cache_root: Path):
         **embedded_env(RunConfig(dataset=args.dataset, preset=args.preset)),
         # Each mode must compute every describer answer itself.
         "REGEN_DESCRIBER_CACHE_ENABLED": "false",
+        # The tiny preset renders and scores one image per forward pass for bit-exact
+        # reruns; this benchmark measures batching, as a GPU deployment runs it.
+        "REGEN_GENERATOR_BATCH_INVARIANT": str(args.batch_invariant).lower(),
+        "REGEN_SCORER_BATCH_INVARIANT": str(args.batch_invariant).lower(),
         "XDG_CACHE_HOME": str(cache_root),
+        # ...but the tiny models stay where they were built, not under that cache.
+        "REGEN_TINY_MODELS": str(tiny_models_dir()),
     }
     return LocalServices(preset=args.preset, env=env, startup_timeout_s=600)
 
@@ -133,6 +140,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="evalref-100")
     parser.add_argument("--preset", default="tiny", choices=["tiny", "default"])
+    parser.add_argument(
+        "--batch-invariant", action="store_true", help="one image per forward pass (the tiny preset's default)"
+    )
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--candidates", type=int, default=3)
