@@ -106,20 +106,23 @@ def fake_api() -> Iterator[FakeImagesAPI]:
     server.server_close()
 
 
+def vendor_settings(fake_api: FakeImagesAPI, **overrides) -> GeneratorSettings:
+    """Settings of the vendor engine pointed at the fake API, the key read from KEY_ENV."""
+    return load_settings(
+        GeneratorSettings,
+        engine="openai",
+        model="gpt-image-1",
+        api_base_url=fake_api.base_url,
+        api_key_env=KEY_ENV,
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="module")
 def vendor(fake_api: FakeImagesAPI) -> Iterator[generator_pb2_grpc.GeneratorStub]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEY_ENV, API_KEY)
-        settings = load_settings(
-            GeneratorSettings,
-            engine="openai",
-            model="gpt-image-1",
-            api_base_url=fake_api.base_url,
-            api_key_env=KEY_ENV,
-            api_max_retries=3,
-            width=256,
-            height=256,
-        )
+        settings = vendor_settings(fake_api, api_max_retries=3, width=256, height=256)
         generator = build_generator(settings)
     with BackgroundServer(generator, settings) as server, grpc.insecure_channel(server.address) as channel:
         yield generator_pb2_grpc.GeneratorStub(channel)
@@ -193,15 +196,7 @@ def test_the_api_key_is_never_logged_or_reported(fake_api, caplog, monkeypatch) 
     authentication failure: the key appears in no log record and not in Info."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    settings = load_settings(
-        GeneratorSettings,
-        engine="openai",
-        model="gpt-image-1",
-        api_base_url=fake_api.base_url,
-        api_key_env=KEY_ENV,
-        width=64,
-        height=64,
-    )
+    settings = vendor_settings(fake_api, width=64, height=64)
     generator = build_generator(settings)
     with BackgroundServer(generator, settings) as server, grpc.insecure_channel(server.address) as channel:
         stub = generator_pb2_grpc.GeneratorStub(channel)

@@ -56,29 +56,25 @@ CHAT_TEMPLATE = (
 )
 
 
+# Images and video frames are cut into the same patches.
+VISION_PATCHING = {
+    "min_pixels": MIN_PIXELS,
+    "max_pixels": MAX_PIXELS,
+    "patch_size": PATCH_SIZE,
+    "temporal_patch_size": 2,
+    "merge_size": MERGE_SIZE,
+    "image_mean": OPENAI_CLIP_MEAN,
+    "image_std": OPENAI_CLIP_STD,
+}
+
+
 def image_processor() -> Qwen2VLImageProcessor:
-    return Qwen2VLImageProcessor(
-        min_pixels=MIN_PIXELS,
-        max_pixels=MAX_PIXELS,
-        patch_size=PATCH_SIZE,
-        temporal_patch_size=2,
-        merge_size=MERGE_SIZE,
-        image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
-    )
+    return Qwen2VLImageProcessor(**VISION_PATCHING)
 
 
 def video_processor() -> Qwen2VLVideoProcessor:
-    return Qwen2VLVideoProcessor(
-        cap_pixels_per_frame=False,  # explicit, which also silences transformers' deprecation warning
-        min_pixels=MIN_PIXELS,
-        max_pixels=MAX_PIXELS,
-        patch_size=PATCH_SIZE,
-        temporal_patch_size=2,
-        merge_size=MERGE_SIZE,
-        image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
-    )
+    # cap_pixels_per_frame explicit, which also silences transformers' deprecation warning.
+    return Qwen2VLVideoProcessor(cap_pixels_per_frame=False, **VISION_PATCHING)
 
 
 def processor() -> Qwen2_5_VLProcessor:
