@@ -31,6 +31,11 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert settings.model == str(tiny_models_dir() / "stable-diffusion")
 
 
+def test_empty_config_env_means_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGEN_CONFIG", "")
+    assert load_settings(GeneratorSettings, preset="tiny").steps == 4
+
+
 def test_default_preset_uses_real_checkpoints() -> None:
     settings = load_settings(ScorerSettings, preset="default")
     assert settings.clip_model == "openai/clip-vit-base-patch32"

