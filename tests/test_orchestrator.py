@@ -455,3 +455,25 @@ def test_local_services_die_with_their_launcher(tmp_path):
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived its launcher")
+
+
+def test_launch_failure_names_the_exception(tmp_path):
+    import subprocess
+    import sys
+
+    from regen.orchestrator.launcher import LocalServices
+
+    log = tmp_path / "describer.log"
+    log.write_text(
+        "Traceback (most recent call last):\n  File 'x.py', line 1\n"
+        "OSError: We couldn't connect to 'https://huggingface.co'.\nCheck your internet connection.\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    proc.wait()
+    message = LocalServices._failure("describer", proc, log, "did not become SERVING")
+    first = message.splitlines()[0]
+    assert first == (
+        "local describer service did not become SERVING (exit code 1): "
+        "OSError: We couldn't connect to 'https://huggingface.co'."
+    )
+    assert str(log) in message and "Check your internet connection." in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from regen.common.healthcheck import check
 
 SERVICES: tuple[str, ...] = ("describer", "generator", "scorer")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt): ")
 
 
 class LaunchError(RuntimeError):
@@ -34,7 +36,7 @@ def wait_for_serving(
     deadline = time.monotonic() + timeout_s
     while not check(address, timeout_s=2.0):
         if proc is not None and proc.poll() is not None:
-            raise LaunchError(f"{service or address} exited with code {proc.returncode} before serving")
+            raise LaunchError(f"{service or address} exited before serving (exit code {proc.returncode})")
         if time.monotonic() > deadline:
             raise LaunchError(f"{service or address} at {address} not SERVING after {timeout_s:.0f} s")
         time.sleep(0.1)
@@ -141,8 +143,9 @@ class LocalServices:
             for name, svc in self.services.items():
                 try:
                     wait_for_serving(svc.address, timeout_s=max(1.0, deadline - time.monotonic()), proc=svc.process)
-                except LaunchError as exc:
-                    raise LaunchError(self._failure(name, svc.process, svc.log_path, str(exc))) from None
+                except LaunchError:
+                    what = f"at {svc.address} did not become SERVING"
+                    raise LaunchError(self._failure(name, svc.process, svc.log_path, what)) from None
         except BaseException:
             for proc, _, _ in pending.values():
                 _terminate(proc)
@@ -152,10 +155,16 @@ class LocalServices:
     @staticmethod
     def _failure(name: str, proc: subprocess.Popen, log_path: Path, what: str) -> str:
         try:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+            lines = log_path.read_text(errors="replace").splitlines()
         except OSError:
-            tail = ""
-        return f"local {name} service {what} (exit code {proc.poll()}); log {log_path}:\n{tail}"
+            lines = []
+        # A crashed Python process ends with its exception ("OSError: ..."), whose message
+        # may run over several lines: show the exception's first line.
+        errors = [line.strip() for line in lines if _EXCEPTION_LINE.match(line)]
+        cause = errors[-1] if errors else next((line.strip() for line in reversed(lines) if line.strip()), "")
+        state = "still running" if proc.poll() is None else f"exit code {proc.poll()}"
+        tail = "\n".join(lines[-25:])
+        return f"local {name} service {what} ({state}): {cause}\nlog {log_path}:\n{tail}"
 
     def stop(self, timeout_s: float = 15.0) -> None:
         for svc in self.services.values():
