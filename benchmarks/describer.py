@@ -303,8 +303,9 @@ def main() -> int:
             baseline[concurrency] = Row("hf-generate", concurrency, concurrency, hf_best, concurrency * tokens)
             rows += [baseline[concurrency], Row("backend", concurrency, concurrency, ours_best, concurrency * tokens)]
         if args.shapes == "tiny":
-            from regen.common.config import DescriberSettings, load_settings
+            from regen.common.settings import load_settings
             from regen.describer.engine import Describer, EngineOptions
+            from regen.describer.settings import DescriberSettings
 
             settings = load_settings(DescriberSettings, preset="tiny")
             engine = Describer(backend(constrained=True), EngineOptions.from_settings(settings), cache=None)

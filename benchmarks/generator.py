@@ -385,9 +385,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from regen.common.config import GeneratorSettings, load_settings, resolve_device, resolve_dtype
+    from regen.common.settings import load_settings, resolve_device, resolve_dtype
     from regen.generator.engine import Generator
     from regen.generator.engines.diffusers_engine import DiffusersEngine
+    from regen.generator.settings import GeneratorSettings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     rows: list[Row] = []
     if args.shapes == "tiny":
-        from regen.common.config import tiny_models_dir
+        from regen.common.settings import tiny_models_dir
 
         os.environ.setdefault("REGEN_TINY_MODELS", str(REPO_ROOT / ".cache" / "tiny-models"))
         from regen.tiny_models import build_all

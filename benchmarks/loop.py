@@ -38,7 +38,7 @@ except ModuleNotFoundError:  # a source checkout: use its src folders, here and 
     sys.path[:0] = _paths
     os.environ["PYTHONPATH"] = os.pathsep.join([*_paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
-from regen.common.config import tiny_models_dir
+from regen.common.settings import tiny_models_dir
 from regen.orchestrator.clients import Clients
 from regen.orchestrator.config import RetryPolicy, RunConfig
 from regen.orchestrator.dataset import Case, load_reference_png, resolve_dataset

@@ -37,8 +37,9 @@ for _path in reversed(
 
 from PIL import Image, ImageEnhance, ImageFilter  # noqa: E402
 
-from regen.common.config import ScorerSettings, load_settings, resolve_device, resolve_dtype  # noqa: E402
 from regen.common.images import encode_png  # noqa: E402
+from regen.common.settings import load_settings, resolve_device, resolve_dtype  # noqa: E402
+from regen.scorer.settings import ScorerSettings  # noqa: E402
 
 ALL_METRICS = ("clip", "dinov2", "ssim")
 EMBEDDINGS = ("clip", "dinov2")
@@ -215,11 +216,11 @@ def forward_table(engine, batches: list[int], min_seconds: float) -> list[tuple[
 async def end_to_end(args, settings, engine, batches: list[int], address: str | None):
     import grpc
 
-    from regen.common.grpc_server import EngineSlot, channel_options
+    from regen.common.grpc_server import CoreSlot, channel_options
     from regen.scorer.scoring import BatchedScorer
     from regen.v1 import scorer_pb2, scorer_pb2_grpc
 
-    scorer = BatchedScorer(EngineSlot(engine), settings)
+    scorer = BatchedScorer(CoreSlot(engine), settings)
     channel = grpc.aio.insecure_channel(address, options=channel_options()) if address else None
     stub = scorer_pb2_grpc.ScorerStub(channel) if channel else None
     reference, candidates = test_images(args.size, max(batches))
@@ -303,7 +304,7 @@ def main() -> None:
     args = parse_args()
     logging_quiet()
     if args.shapes == "tiny":
-        from regen.common.config import tiny_models_dir
+        from regen.common.settings import tiny_models_dir
         from regen.tiny_models import build_all
 
         build_all(tiny_models_dir(), only=["clip", "dinov2"])

@@ -11,9 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from regen.common.batching import MicroBatcher
-from regen.common.config import GeneratorSettings, ScorerSettings, load_settings, tiny_models_dir
 from regen.common.errors import InvalidInput, Overloaded
-from regen.common.grpc_server import EngineSlot, GrpcHost, Registration, grpc_errors
+from regen.common.grpc_server import CoreSlot, GrpcHost, Registration, grpc_errors
+from regen.common.settings import load_settings, tiny_models_dir
+from regen.generator.settings import GeneratorSettings
+from regen.scorer.settings import ScorerSettings
 from regen.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
 # --- settings -----------------------------------------------------------------
@@ -154,7 +156,7 @@ def test_cancelled_items_are_not_processed() -> None:
 
 
 class _EchoScorer(scorer_pb2_grpc.ScorerServicer):
-    def __init__(self, slot: EngineSlot) -> None:
+    def __init__(self, slot: CoreSlot) -> None:
         self.slot = slot
 
     @grpc_errors
@@ -168,7 +170,7 @@ class _EchoScorer(scorer_pb2_grpc.ScorerServicer):
 
 def test_server_health_reflection_and_status_codes() -> None:
     async def main() -> None:
-        slot: EngineSlot[str] = EngineSlot()
+        slot: CoreSlot[str] = CoreSlot()
         host = GrpcHost("127.0.0.1", 0)
         reg = Registration(scorer_pb2_grpc.add_ScorerServicer_to_server, _EchoScorer(slot), "regen.v1.Scorer")
         port = await host.start([reg], serving=False)
@@ -210,7 +212,7 @@ def test_server_health_reflection_and_status_codes() -> None:
 _STANDALONE_SERVICE = """
 import sys, time
 from pathlib import Path
-from regen.common.config import ScorerSettings
+from regen.scorer.settings import ScorerSettings
 from regen.common.grpc_server import Registration
 from regen.common.serving import run_service
 from regen.v1 import scorer_pb2_grpc

@@ -97,7 +97,10 @@ def test_vendor_overlay_takes_the_key_from_a_secret() -> None:
 
 
 def test_shared_config_files_are_valid_settings() -> None:
-    from regen.common.config import DescriberSettings, GeneratorSettings, ScorerSettings, load_settings
+    from regen.common.settings import load_settings
+    from regen.describer.settings import DescriberSettings
+    from regen.generator.settings import GeneratorSettings
+    from regen.scorer.settings import ScorerSettings
 
     for config in (REPO_ROOT / "deploy" / "regen.yaml", K8S / "base" / "regen.yaml"):
         for cls in (DescriberSettings, GeneratorSettings, ScorerSettings):

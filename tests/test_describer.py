@@ -28,12 +28,13 @@ import pytest
 from bento_server import free_port, serve_bento, stop_process_group
 from bento_server import post as http_post
 
-from regen.common.config import DescriberSettings, load_settings
 from regen.common.grpc_server import channel_options
+from regen.common.settings import load_settings
 from regen.describer import convert, schemas
 from regen.describer.answers import ImageUnderstandingTree
 from regen.describer.budget import EstimatedTokens
 from regen.describer.engine import MIN_TOKEN_BUDGET
+from regen.describer.settings import DescriberSettings
 from regen.orchestrator.launcher import LocalServices
 from regen.v1 import common_pb2, describer_pb2, describer_pb2_grpc
 

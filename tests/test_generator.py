@@ -108,9 +108,10 @@ def test_batched_mode_merges_requests_and_moves_pixels_by_rounding_only(tiny_mod
     equal settings share pipeline calls, requests with other settings never do, and an
     image differs from its solo rendering only by the float rounding of batched matrix
     products (< 1e-6 before quantisation): measured <= 3 of 12,288 values, by 1 level."""
-    from regen.common.config import GeneratorSettings, load_settings
+    from regen.common.settings import load_settings
     from regen.generator.engine import build_generator
     from regen.generator.server import BackgroundServer
+    from regen.generator.settings import GeneratorSettings
 
     settings = load_settings(GeneratorSettings, preset="tiny", batch_invariant=False, max_wait_ms=200)
     with BackgroundServer(build_generator(settings), settings) as server, grpc.insecure_channel(server.address) as ch:

@@ -12,11 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from regen.common.config import GeneratorSettings, load_settings
 from regen.common.errors import InvalidInput
+from regen.common.settings import load_settings
 from regen.generator.engine import GenerateRequest, PromptSpec, validate
 from regen.generator.engines import ENGINES, EngineInfo
 from regen.generator.engines.diffusers_engine import DiffusersEngine, default_size, size_multiple, token_budget
+from regen.generator.settings import GeneratorSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

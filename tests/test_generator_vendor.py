@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regen.common.config import GeneratorSettings, load_settings
+from regen.common.settings import load_settings
 from regen.generator.engine import build_generator
 from regen.generator.server import BackgroundServer
+from regen.generator.settings import GeneratorSettings
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 API_KEY = "sk-test-4f1c9e2a7b-never-log-me"

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFilter
 
-from regen.common.config import ScorerSettings, load_settings
-from regen.common.grpc_server import EngineSlot
+from regen.common.grpc_server import CoreSlot
 from regen.common.images import encode_png
+from regen.common.settings import load_settings
 from regen.scorer.cache import LruCache
 from regen.scorer.engine import ScorerEngine
 from regen.scorer.scoring import BatchedScorer
+from regen.scorer.settings import ScorerSettings
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_concurrent_requests_share_one_forward_batch(engine, evalref: Path, monk
     references = pngs(evalref, "portrait_1", "object_1", "scene_1")
     candidates = pngs(evalref, "portrait_2", "object_2", "scene_2", "complex_2", "complex_3", "portrait_3")
     # Six candidates arrive in three requests; a long wait means only a full batch starts.
-    scorer = BatchedScorer(EngineSlot(engine), settings(max_batch=6, max_wait_ms=120_000))
+    scorer = BatchedScorer(CoreSlot(engine), settings(max_batch=6, max_wait_ms=120_000))
     recorder = BatchRecorder(engine, monkeypatch)
 
     async def together():
@@ -70,7 +71,7 @@ def test_concurrent_requests_share_one_forward_batch(engine, evalref: Path, monk
     assert (scorer.stats.batches, scorer.stats.items) == (1, 6)
 
     engine.reference_cache = LruCache(0)  # no cache: every reference recomputed
-    one_by_one = BatchedScorer(EngineSlot(engine), settings(max_batch=1, max_wait_ms=0))
+    one_by_one = BatchedScorer(CoreSlot(engine), settings(max_batch=1, max_wait_ms=0))
 
     async def alone():
         return [
@@ -87,7 +88,7 @@ def test_concurrent_requests_share_one_forward_batch(engine, evalref: Path, monk
 def test_batches_never_exceed_max_batch(engine, evalref: Path, monkeypatch) -> None:
     reference = pngs(evalref, "object_3")[0]
     candidates = pngs(evalref, "object_4", "object_5", "object_6")
-    scorer = BatchedScorer(EngineSlot(engine), settings(max_batch=4, max_wait_ms=50))
+    scorer = BatchedScorer(CoreSlot(engine), settings(max_batch=4, max_wait_ms=50))
     recorder = BatchRecorder(engine, monkeypatch)
 
     async def many():
@@ -105,7 +106,7 @@ def test_reference_embeddings_are_cached_across_rounds(engine, evalref: Path, mo
     engine.reference_cache = LruCache(16)
     reference = Image.open(evalref / "complex_5.png").resize((128, 128))
     rounds = [[encode_png(reference.filter(ImageFilter.GaussianBlur(r + k))) for k in range(3)] for r in range(3)]
-    scorer = BatchedScorer(EngineSlot(engine), settings())
+    scorer = BatchedScorer(CoreSlot(engine), settings())
     recorder = BatchRecorder(engine, monkeypatch)
 
     async def run_rounds():
@@ -125,7 +126,7 @@ def test_reference_embeddings_are_cached_across_rounds(engine, evalref: Path, mo
 
 def test_reference_cache_is_bounded(engine, evalref: Path) -> None:
     engine.reference_cache = LruCache(2)
-    scorer = BatchedScorer(EngineSlot(engine), settings())
+    scorer = BatchedScorer(CoreSlot(engine), settings())
     references = pngs(evalref, "scene_4", "scene_5", "scene_6")
 
     async def score_all():

@@ -16,12 +16,13 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from regen.common.config import ScorerSettings, load_settings  # noqa: E402
-from regen.common.grpc_server import EngineSlot  # noqa: E402
+from regen.common.grpc_server import CoreSlot  # noqa: E402
 from regen.common.images import encode_png  # noqa: E402
+from regen.common.settings import load_settings  # noqa: E402
 from regen.scorer.engine import ScorerEngine  # noqa: E402
 from regen.scorer.metrics import SSIM_ID  # noqa: E402
 from regen.scorer.scoring import BatchedScorer  # noqa: E402
+from regen.scorer.settings import ScorerSettings  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -34,7 +35,7 @@ def scorer(request) -> BatchedScorer:
     settings = load_settings(ScorerSettings, preset="tiny", device="cuda", dtype=request.param)
     engine = ScorerEngine.load(settings)
     assert {m.dtype for m in engine.models} == {request.param}
-    return BatchedScorer(EngineSlot(engine), settings)
+    return BatchedScorer(CoreSlot(engine), settings)
 
 
 def images(evalref: Path) -> list[Image.Image]:

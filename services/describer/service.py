@@ -15,14 +15,15 @@ from typing import Any
 import bentoml
 
 from regen.common import bento
-from regen.common.config import DescriberSettings, load_settings
 from regen.common.errors import RegenError
-from regen.common.grpc_server import EngineSlot, GrpcHost
+from regen.common.grpc_server import CoreSlot, GrpcHost
 from regen.common.identity import model_json
+from regen.common.settings import load_settings
 from regen.describer.convert import differences_from_json, iut_from_json
 from regen.describer.engine import CallReport
 from regen.describer.server import build_engine, registrations
 from regen.describer.servicer import describer_info
+from regen.describer.settings import DescriberSettings
 
 
 def _call(report: CallReport) -> dict[str, Any]:
@@ -34,7 +35,7 @@ class Describer:
     def __init__(self) -> None:
         self.settings = load_settings(DescriberSettings)
         self.engine = build_engine(self.settings)
-        self.slot: EngineSlot = EngineSlot(self.engine)
+        self.slot: CoreSlot = CoreSlot(self.engine)
         self.grpc: GrpcHost | None = None
 
     @bentoml.on_startup

@@ -19,12 +19,13 @@ import bentoml
 from pydantic import BaseModel
 
 from regen.common import bento
-from regen.common.config import GeneratorSettings, load_settings
 from regen.common.errors import RegenError
-from regen.common.grpc_server import EngineSlot, GrpcHost
+from regen.common.grpc_server import CoreSlot, GrpcHost
 from regen.common.identity import model_json
+from regen.common.settings import load_settings
 from regen.generator import engine as core
 from regen.generator.server import build_engine, registrations
+from regen.generator.settings import GeneratorSettings
 
 
 class Prompt(BaseModel):
@@ -54,7 +55,7 @@ class Generator:
     def __init__(self) -> None:
         self.settings = load_settings(GeneratorSettings)
         self.generator = build_engine(self.settings)
-        self.slot: EngineSlot[core.Generator] = EngineSlot(self.generator)
+        self.slot: CoreSlot[core.Generator] = CoreSlot(self.generator)
         self.grpc: GrpcHost | None = None
 
     @bentoml.on_startup

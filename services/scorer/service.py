@@ -14,18 +14,19 @@ from functools import partial
 import bentoml
 
 from regen.common import bento
-from regen.common.config import ScorerSettings, load_settings
 from regen.common.errors import RegenError
-from regen.common.grpc_server import EngineSlot, GrpcHost
+from regen.common.grpc_server import CoreSlot, GrpcHost
+from regen.common.settings import load_settings
 from regen.scorer.scoring import BatchedScorer
 from regen.scorer.server import build_engine, registrations
+from regen.scorer.settings import ScorerSettings
 
 
 @bentoml.service(name="regen-scorer", resources={"gpu": 1}, workers=1, traffic={"timeout": 300})
 class Scorer:
     def __init__(self) -> None:
         self.settings = load_settings(ScorerSettings)
-        self.slot: EngineSlot = EngineSlot(build_engine(self.settings))
+        self.slot: CoreSlot = CoreSlot(build_engine(self.settings))
         self.scorer = BatchedScorer(self.slot, self.settings)
         self.grpc: GrpcHost | None = None
 

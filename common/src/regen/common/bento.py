@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from bentoml.exceptions import BentoMLException
 
-from regen.common.config import ServiceSettings
 from regen.common.errors import InvalidInput, RegenError
-from regen.common.grpc_server import EngineSlot, GrpcHost, Registration
+from regen.common.grpc_server import CoreSlot, GrpcHost, Registration
+from regen.common.settings import ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -44,8 +44,8 @@ def stats_json(stats: Any) -> dict[str, Any]:
 
 async def start_grpc(
     settings: S,
-    slot: EngineSlot,
-    registrations: Callable[[EngineSlot, S], list[Registration]],
+    slot: CoreSlot,
+    registrations: Callable[[CoreSlot, S], list[Registration]],
 ) -> GrpcHost:
     """Start the service's gRPC server on settings.host:settings.port; the on_startup body."""
     # grpc.aio objects bind to the running loop, so they are created here, not in __init__.

@@ -1,46 +1,48 @@
-"""Exceptions that map onto the gRPC status codes documented in regen/v1/common.proto.
+"""Exceptions that the transport-free parts of every service raise.
 
-Engines raise these; adapters (gRPC servicers, BentoML APIs) translate them, so engine
-code never sees a transport.
+Each error names the status it stands for, as the name of a gRPC status code (documented
+in regen/v1/common.proto), and the HTTP status of the same meaning. The adapters
+translate them: `regen.common.grpc_server` into gRPC status codes, `regen.common.http`
+into HTTP answers. Nothing here imports a transport.
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import ClassVar
 
 
 class RegenError(Exception):
-    """Base class; `code` is the gRPC status the adapters report."""
+    """Base class; `status` is the gRPC status name the adapters report."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    http_status: int = 500
+    status: ClassVar[str] = "INTERNAL"
+    http_status: ClassVar[int] = 500
 
 
 class InvalidInput(RegenError):
     """The request is malformed; the message names the field (and index)."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
     http_status = 400
 
 
 class Overloaded(RegenError):
     """The queue is full or the request exceeds the configured limits."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
     http_status = 429
 
 
 class NotReady(RegenError):
     """The model is still loading, or the server is shutting down."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
     http_status = 503
 
 
 class BadModelOutput(RegenError):
     """The model's answer stayed invalid after bounded repair; `raw` holds its text."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
     http_status = 422
 
     def __init__(self, message: str, raw: str = "") -> None:
@@ -55,5 +57,5 @@ class BadModelOutput(RegenError):
 class UpstreamError(RegenError):
     """A remote model API failed after bounded retries."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
     http_status = 502

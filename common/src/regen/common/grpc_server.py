@@ -25,7 +25,7 @@ from regen.common.errors import NotReady, RegenError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-E = TypeVar("E")
+C = TypeVar("C")
 
 
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
@@ -45,24 +45,30 @@ class Registration:
     service_name: str
 
 
-class EngineSlot(Generic[E]):
-    """Holds the engine once loaded; until then servicers answer UNAVAILABLE."""
+class CoreSlot(Generic[C]):
+    """Holds a service's core once its models are loaded; until then `get` raises
+    NotReady, so servicers answer UNAVAILABLE while the server is already bound."""
 
-    def __init__(self, engine: E | None = None) -> None:
-        self._engine = engine
+    def __init__(self, core: C | None = None) -> None:
+        self._core = core
 
-    def set(self, engine: E) -> None:
-        self._engine = engine
+    def set(self, core: C) -> None:
+        self._core = core
 
-    def get(self) -> E:
-        if self._engine is None:
+    def get(self) -> C:
+        if self._core is None:
             raise NotReady("the model is still loading; retry shortly")
-        return self._engine
+        return self._core
+
+
+def status_code(exc: RegenError) -> grpc.StatusCode:
+    """The gRPC status code a RegenError stands for."""
+    return grpc.StatusCode[exc.status]
 
 
 def _abort_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RegenError):
-        return exc.code, str(exc)
+        return status_code(exc), str(exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
@@ -148,8 +154,8 @@ class GrpcHost:
 async def serve_until_signal(
     host: GrpcHost,
     registrations: list[Registration],
-    load_engine: Callable[[], Any],
-    slot: EngineSlot,
+    load_core: Callable[[], Any],
+    slot: CoreSlot,
     *,
     on_port: Callable[[int], None] | None = None,
     grace_s: float = 5.0,
@@ -164,7 +170,7 @@ async def serve_until_signal(
     await host.start(registrations, serving=False)
     if on_port is not None:
         on_port(host.port)
-    loader = asyncio.ensure_future(asyncio.to_thread(load_engine))
+    loader = asyncio.ensure_future(asyncio.to_thread(load_core))
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({loader, waiter}, return_when=asyncio.FIRST_COMPLETED)
     try:

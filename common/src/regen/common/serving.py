@@ -1,6 +1,6 @@
 """Run one model service as a standalone process: `regen serve <service>`.
 
-Each service package provides `build_engine(settings)` and `registrations(slot, settings)`;
+Each service package provides `build_core(settings)` and `registrations(slot, settings)`;
 this module binds the gRPC port first (health NOT_SERVING), loads the model, flips
 health to SERVING, and shuts down gracefully on SIGTERM.
 """
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from regen.common.config import ServiceSettings
-from regen.common.grpc_server import EngineSlot, GrpcHost, Registration, serve_until_signal
+from regen.common.grpc_server import CoreSlot, GrpcHost, Registration, serve_until_signal
+from regen.common.settings import ServiceSettings
 
 
 def write_port_file(path: Path, port: int) -> None:
@@ -28,7 +28,7 @@ def write_port_file(path: Path, port: int) -> None:
 def run_service(
     settings: ServiceSettings,
     build_engine: Callable[[ServiceSettings], Any],
-    registrations: Callable[[EngineSlot, ServiceSettings], list[Registration]],
+    registrations: Callable[[CoreSlot, ServiceSettings], list[Registration]],
     *,
     port_file: Path | None = None,
     close_engine: Callable[[Any], Any] | None = None,
@@ -38,7 +38,7 @@ def run_service(
     )
 
     async def main() -> None:
-        slot: EngineSlot = EngineSlot()
+        slot: CoreSlot = CoreSlot()
         host = GrpcHost(settings.host, settings.port, max_message_bytes=settings.max_message_bytes)
 
         def on_stop() -> Any:

@@ -109,7 +109,7 @@ def _library_versions(info: Any) -> dict[str, str]:
 def ensure_tiny_models(reporter: Reporter) -> None:
     """Build the tiny models with `regen tiny-models` in a child process when missing
     (this process never imports torch)."""
-    from regen.common.config import tiny_models_dir
+    from regen.common.settings import tiny_models_dir
 
     root = tiny_models_dir()
     if (root / "manifest.json").is_file() and all((root / name).is_dir() for name in TINY_MODEL_DIRS):

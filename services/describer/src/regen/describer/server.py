@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from regen.common.config import DescriberSettings, load_settings
-from regen.common.grpc_server import EngineSlot, Registration
+from regen.common.grpc_server import CoreSlot, Registration
 from regen.common.serving import run_service
+from regen.common.settings import load_settings
 from regen.describer.cache import AnswerCache, default_cache_dir
 from regen.describer.engine import Describer, EngineOptions
 from regen.describer.servicer import describer_registration
+from regen.describer.settings import DescriberSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def build_engine(settings: DescriberSettings) -> Describer:
     return engine
 
 
-def registrations(slot: EngineSlot[Describer], settings: DescriberSettings) -> list[Registration]:
+def registrations(slot: CoreSlot[Describer], settings: DescriberSettings) -> list[Registration]:
     return [describer_registration(slot)]
 
 

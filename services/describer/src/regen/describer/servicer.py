@@ -4,7 +4,7 @@ MicroBatcher; vLLM and remote APIs batch on their side."""
 
 from __future__ import annotations
 
-from regen.common.grpc_server import EngineSlot, Registration, grpc_errors
+from regen.common.grpc_server import CoreSlot, Registration, grpc_errors
 from regen.common.identity import server_info
 from regen.describer import convert
 from regen.describer.engine import Describer
@@ -29,7 +29,7 @@ def describer_info(engine: Describer) -> describer_pb2.DescriberInfo:
 
 
 class DescriberServicer(describer_pb2_grpc.DescriberServicer):
-    def __init__(self, slot: EngineSlot[Describer]) -> None:
+    def __init__(self, slot: CoreSlot[Describer]) -> None:
         self.slot = slot
 
     @grpc_errors
@@ -80,7 +80,7 @@ class DescriberServicer(describer_pb2_grpc.DescriberServicer):
         )
 
 
-def describer_registration(slot: EngineSlot[Describer]) -> Registration:
+def describer_registration(slot: CoreSlot[Describer]) -> Registration:
     return Registration(
         add_to_server=describer_pb2_grpc.add_DescriberServicer_to_server,
         servicer=DescriberServicer(slot),

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from regen.common.batching import MicroBatcher
-from regen.common.config import GeneratorSettings
 from regen.common.errors import InvalidInput
 from regen.common.images import encode_png
 from regen.generator.engines import (
@@ -27,6 +26,7 @@ from regen.generator.engines import (
     RenderParams,
     load_engine,
 )
+from regen.generator.settings import GeneratorSettings
 
 
 @dataclass

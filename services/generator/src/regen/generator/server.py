@@ -7,11 +7,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from regen.common.config import GeneratorSettings, load_settings
-from regen.common.grpc_server import EngineSlot, GrpcHost, Registration
+from regen.common.grpc_server import CoreSlot, GrpcHost, Registration
 from regen.common.serving import run_service
+from regen.common.settings import load_settings
 from regen.generator.engine import Generator, build_generator
 from regen.generator.servicer import SERVICE_NAME, GeneratorServicer
+from regen.generator.settings import GeneratorSettings
 from regen.v1 import generator_pb2_grpc
 
 
@@ -19,7 +20,7 @@ def build_engine(settings: GeneratorSettings) -> Generator:
     return build_generator(settings)
 
 
-def registrations(slot: EngineSlot[Generator], settings: GeneratorSettings) -> list[Registration]:
+def registrations(slot: CoreSlot[Generator], settings: GeneratorSettings) -> list[Registration]:
     return [Registration(generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(slot), SERVICE_NAME)]
 
 
@@ -64,7 +65,7 @@ class BackgroundServer:
 
     async def _start(self) -> int:
         self._grpc = GrpcHost(self.host, 0, max_message_bytes=self.settings.max_message_bytes)
-        return await self._grpc.start(registrations(EngineSlot(self.generator), self.settings))
+        return await self._grpc.start(registrations(CoreSlot(self.generator), self.settings))
 
     def stop(self) -> None:
         if self._loop is None:

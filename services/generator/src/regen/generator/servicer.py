@@ -1,10 +1,10 @@
-"""gRPC adapter: regen.v1.Generator over a `Generator` held in an EngineSlot."""
+"""gRPC adapter: regen.v1.Generator over a `Generator` held in an CoreSlot."""
 
 from __future__ import annotations
 
 import grpc
 
-from regen.common.grpc_server import EngineSlot, grpc_errors
+from regen.common.grpc_server import CoreSlot, grpc_errors
 from regen.common.identity import server_info
 from regen.generator.engine import GeneratedImage, GenerateRequest, Generator, PromptSpec
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -56,7 +56,7 @@ def info_to_proto(generator: Generator) -> generator_pb2.GeneratorInfo:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
-    def __init__(self, slot: EngineSlot[Generator]) -> None:
+    def __init__(self, slot: CoreSlot[Generator]) -> None:
         self._slot = slot
 
     @grpc_errors

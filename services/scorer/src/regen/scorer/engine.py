@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from regen.common.config import ScorerSettings, resolve_device, resolve_dtype
 from regen.common.images import sha256_hex
+from regen.common.settings import resolve_device, resolve_dtype
 from regen.scorer.cache import LruCache
 from regen.scorer.embedders import ImageEmbedder, LoadedModel, load_clip, load_dinov2
 from regen.scorer.metrics import MetricSpec, select_metrics, ssim_spec
+from regen.scorer.settings import ScorerSettings
 from regen.scorer.ssim import ssim_scores
 
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from regen.common.batching import BatchStats, MicroBatcher
-from regen.common.config import ScorerSettings
 from regen.common.errors import InvalidInput, Overloaded
-from regen.common.grpc_server import EngineSlot
+from regen.common.grpc_server import CoreSlot
 from regen.common.images import ImageDecodeError, ImageLimits, decode_image
 from regen.scorer.embedders import LoadedModel
 from regen.scorer.engine import PairJob, Reference, ScorerEngine
 from regen.scorer.metrics import MetricSpec
+from regen.scorer.settings import ScorerSettings
 from regen.scorer.ssim import MIN_SIDE
 
 
@@ -58,7 +58,7 @@ def _decode_reference(data: bytes, limits: ImageLimits) -> Reference:
 class BatchedScorer:
     """The scorer's request path, shared by the gRPC servicer and the BentoML API."""
 
-    def __init__(self, slot: EngineSlot[ScorerEngine], settings: ScorerSettings) -> None:
+    def __init__(self, slot: CoreSlot[ScorerEngine], settings: ScorerSettings) -> None:
         self._slot = slot
         self._limits = settings.images.limits()
         self.max_candidates = settings.max_candidates

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from regen.common.config import ScorerSettings, load_settings
-from regen.common.grpc_server import EngineSlot, Registration
+from regen.common.grpc_server import CoreSlot, Registration
 from regen.common.serving import run_service
+from regen.common.settings import load_settings
 from regen.scorer.engine import ScorerEngine
 from regen.scorer.scoring import BatchedScorer
 from regen.scorer.servicer import SERVICE_NAME, ScorerServicer
+from regen.scorer.settings import ScorerSettings
 from regen.v1 import scorer_pb2_grpc
 
 
@@ -19,7 +20,7 @@ def build_engine(settings: ScorerSettings) -> ScorerEngine:
 
 
 def registrations(
-    slot: EngineSlot[ScorerEngine], settings: ScorerSettings, scorer: BatchedScorer | None = None
+    slot: CoreSlot[ScorerEngine], settings: ScorerSettings, scorer: BatchedScorer | None = None
 ) -> list[Registration]:
     """The Scorer servicer; pass `scorer` to share its batcher with another adapter."""
     scorer = scorer or BatchedScorer(slot, settings)

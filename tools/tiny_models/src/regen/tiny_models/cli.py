@@ -11,8 +11,8 @@ from regen.tiny_models.build import MODEL_NAMES, BuildResult, build_models
 
 
 def default_out_dir() -> Path:
-    """REGEN_TINY_MODELS, else ~/.cache/regen/tiny-models (regen.common.config)."""
-    from regen.common.config import tiny_models_dir
+    """REGEN_TINY_MODELS, else ~/.cache/regen/tiny-models (regen.common.settings)."""
+    from regen.common.settings import tiny_models_dir
 
     return tiny_models_dir()
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from regen.common.config import DescriberSettings, resolve_device, resolve_dtype
 from regen.common.identity import model_revision
+from regen.common.settings import resolve_device, resolve_dtype
 from regen.describer.backends.base import Backend
+from regen.describer.settings import DescriberSettings
 
 
 def create_backend(settings: DescriberSettings) -> Backend:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 
-from regen.common.config import GeneratorSettings
 from regen.generator.engines.base import (
     EngineInfo,
     GenerationItem,
@@ -19,6 +18,7 @@ from regen.generator.engines.base import (
     Interrupted,
     RenderParams,
 )
+from regen.generator.settings import GeneratorSettings
 
 ENGINES: dict[str, str] = {
     "diffusers": "regen.generator.engines.diffusers_engine:DiffusersEngine",

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from regen.common.config import GeneratorSettings, resolve_device, resolve_dtype
 from regen.common.identity import model_revision
+from regen.common.settings import resolve_device, resolve_dtype
 from regen.generator.engines.base import EngineInfo, GenerationItem, GenerationResult, Interrupted
+from regen.generator.settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
 

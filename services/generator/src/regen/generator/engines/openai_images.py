@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from regen.common.config import GeneratorSettings
 from regen.common.errors import InvalidInput, UpstreamError
 from regen.common.images import decode_image
 from regen.generator.engines.base import EngineInfo, GenerationItem, GenerationResult, Interrupted
+from regen.generator.settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,181 @@
+"""How every regen part reads its settings, from (highest first): explicit values (CLI
+flags), environment variables, a YAML config file, then a preset.
+
+Each part owns its settings class (`regen.scorer.settings.ScorerSettings`, ...); this
+module holds only what they share: the base classes, the layering and the presets.
+
+Environment variables are prefixed per part: REGEN_SCORER_DEVICE=cuda,
+REGEN_GENERATOR_MODEL=stabilityai/sdxl-turbo, REGEN_DESCRIBER_BACKEND=openai, ...
+The config file (`--config FILE` or REGEN_CONFIG) has one section per part:
+
+    generator:
+      model: stabilityai/stable-diffusion-xl-base-1.0
+      dtype: float16
+    scorer:
+      device: cuda
+
+A section or key that no part knows is an error naming it, never ignored.
+
+Presets: `default` uses the real checkpoints; `tiny` uses the random-weight models
+that `regen tiny-models` builds (in REGEN_TINY_MODELS, or ~/.cache/regen/tiny-models),
+on the CPU, at sizes that make a whole run take seconds. Each settings class says what
+the tiny preset means for it (`tiny_preset`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
+
+from regen.common.images import ImageLimits
+
+PRESETS: tuple[str, ...] = ("tiny", "default")
+# The sections a config file may have: one per part.
+SECTIONS: tuple[str, ...] = ("describer", "generator", "scorer", "orchestrator")
+
+
+def tiny_models_dir() -> Path:
+    env = os.environ.get("REGEN_TINY_MODELS")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "regen" / "tiny-models"
+
+
+class ImageLimitSettings(BaseModel):
+    max_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(4096 * 4096, gt=0)
+
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+
+class SectionSettings(BaseSettings):
+    """The settings of one part: one section of the config file, one env prefix."""
+
+    section: ClassVar[str] = ""
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid")
+
+    @classmethod
+    def preset(cls, name: str) -> dict[str, Any]:
+        """The values preset `name` sets for this part."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.tiny_preset(tiny_models_dir()) if name == "tiny" else {}
+
+    @classmethod
+    def tiny_preset(cls, models: Path) -> dict[str, Any]:
+        """Values of the tiny preset; `models` is where `regen tiny-models` built them."""
+        return {}
+
+
+class ServiceSettings(SectionSettings):
+    """What every model service has: where it listens, where it runs, its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    # "auto": cuda when available, else cpu.
+    device: str = "auto"
+    # "auto": float16 on cuda, float32 on cpu.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_message_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    images: ImageLimitSettings = Field(default_factory=ImageLimitSettings)
+    # Batching across concurrent requests.
+    max_batch: int = Field(8, ge=1)
+    max_wait_ms: float = Field(10.0, ge=0)
+    max_queue: int = Field(1024, ge=1)
+    # Threads torch may use on the CPU; 0 leaves torch's default. Pinning makes CPU
+    # results bit-exact across runs.
+    cpu_threads: int = Field(0, ge=0)
+
+    @classmethod
+    def tiny_preset(cls, models: Path) -> dict[str, Any]:
+        # One thread: bit-exact CPU results across runs, and no oversubscription when the
+        # three services share a small machine.
+        return {"device": "cpu", "dtype": "float32", "cpu_threads": 1}
+
+
+def read_config_file(path: str | os.PathLike | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as exc:
+        raise ValueError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: the config file must be a mapping of sections")
+    unknown = sorted(str(key) for key in data if key not in SECTIONS)
+    if unknown:
+        raise ValueError(f"{p}: unknown section {unknown[0]!r}; the sections are {', '.join(SECTIONS)}")
+    for name, section in data.items():
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"{p}: section {name!r} must be a mapping of settings")
+    return data
+
+
+def _check_file_keys(cls: type[SectionSettings], values: dict[str, Any], path: object) -> None:
+    unknown = sorted(str(key) for key in values if key not in cls.model_fields)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown setting {cls.section}.{unknown[0]}; "
+            f"{cls.section} has {', '.join(sorted(cls.model_fields))}"
+        )
+
+
+S = TypeVar("S", bound=SectionSettings)
+
+
+def load_settings(
+    cls: type[S],
+    *,
+    preset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> S:
+    """Build settings with precedence overrides > env > config file > preset > defaults.
+
+    `preset` and `config_file` fall back to REGEN_PRESET and REGEN_CONFIG."""
+    preset = preset or os.environ.get("REGEN_PRESET") or "default"
+    config_file = config_file or os.environ.get("REGEN_CONFIG") or None  # empty means none
+    preset_layer = cls.preset(preset)
+    file_layer = read_config_file(config_file).get(cls.section) or {}
+    _check_file_keys(cls, file_layer, config_file)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+
+    class Configured(cls):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(
+            cls_, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        ):
+            return (
+                init_settings,
+                env_settings,
+                InitSettingsSource(settings_cls, init_kwargs=dict(file_layer)),
+                InitSettingsSource(settings_cls, init_kwargs=dict(preset_layer)),
+            )
+
+    Configured.__name__ = cls.__name__
+    Configured.__qualname__ = cls.__qualname__
+    return Configured(**overrides)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda if torch sees a GPU, else cpu. Imports torch only when asked."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "float16" if device.startswith("cuda") else "float32"
