@@ -1,9 +1,16 @@
-"""What the three BentoML services (services/*/service.py) share: RegenError as an HTTP
-error, base64 fields, the JSON of batching statistics, and the bodies of
-their on_startup/on_shutdown hooks, which run the service's gRPC server in the same
-process (the hooks themselves stay on each service class, where BentoML finds them).
+"""What the three BentoML HTTP adapters share: strict request and response models, one
+error body for every failure, base64 fields, the JSON of batching statistics, and the
+bodies of their on_startup/on_shutdown hooks, which run the service's gRPC server in the
+same process (the hooks themselves stay on each service class, where BentoML finds them).
 
-Only the service.py files import this module: nothing else in regen.common imports
+Every error, whether a RegenError from the core or a request that BentoML's own input
+validation refuses, has one body, the shape of Google's JSON API errors:
+
+    {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "...",
+               "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                            "fieldViolations": [{"field": "n", "description": "..."}]}]}}
+
+Only the HTTP adapters import this module: nothing else in regen.common imports
 bentoml, so the other parts never need it.
 """
 
@@ -11,21 +18,148 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, TypeVar
 
 from bentoml.exceptions import BentoMLException
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import JSONResponse
 
 from regen.common.errors import InvalidInput, RegenError
 from regen.common.grpc_server import CoreSlot, GrpcHost, Registration
 from regen.common.settings import ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+# Seconds a client should wait before retrying a 429 or 503.
+RETRY_AFTER_S = 1
+_STATUS_OF_HTTP = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    415: "INVALID_ARGUMENT",
+    422: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+class StrictModel(BaseModel):
+    """A request or response body: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def error_body(http_status: int, status: str, message: str, violations: list[dict[str, str]] | None = None) -> dict:
+    error: dict[str, Any] = {"code": http_status, "status": status, "message": message}
+    if violations:
+        error["details"] = [{"@type": BAD_REQUEST_TYPE, "fieldViolations": violations}]
+    return {"error": error}
+
+
+def error_response(exc: RegenError) -> JSONResponse:
+    """A RegenError as the HTTP answer: its status, its message, and Retry-After where a
+    retry may succeed. 4xx are the client's business and logged without a traceback."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.http_status in (429, 503) else None
+    if exc.http_status < 500:
+        log.info("refused with %d: %s", exc.http_status, exc)
+    else:
+        log.warning("failed with %d: %s", exc.http_status, exc)
+    return JSONResponse(error_body(exc.http_status, exc.status, str(exc)), exc.http_status, headers=headers)
+
+
+async def answer(work: Awaitable[T]) -> T | JSONResponse:
+    """Await the core's work; a RegenError becomes the error response."""
+    try:
+        return await work
+    except RegenError as exc:
+        return error_response(exc)
+
+
+def _field(loc: Sequence[Any]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _normalised(status_code: int, body: Any) -> dict | None:
+    """BentoML's own error bodies in our shape; None when `body` is already ours."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return None
+    status = _STATUS_OF_HTTP.get(status_code, "INTERNAL" if status_code >= 500 else "INVALID_ARGUMENT")
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        violations = [
+            {"field": _field(item.get("loc", ())), "description": str(item.get("msg", ""))}
+            for item in detail
+            if isinstance(item, dict)
+        ]
+        message = "; ".join(f"{v['field']}: {v['description']}" for v in violations) or "invalid request"
+        return error_body(status_code, status, message, violations)
+    message = body.get("error") if isinstance(body, dict) else None
+    return error_body(status_code, status, str(message or HTTPStatus(status_code).phrase))
+
+
+class ErrorShapeMiddleware:
+    """ASGI middleware: rewrites the error bodies BentoML writes itself (input validation,
+    unknown content types) into the one error shape. Streams and successes pass through."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] = {}
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held["start"] = message
+                held["body"] = b""
+                return
+            if "start" not in held:
+                await send(message)
+                return
+            held["body"] += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            await _send_normalised(send, held["start"], held["body"])
+
+        await self.app(scope, receive, capture)
+
+
+async def _send_normalised(send: Callable, start: dict, body: bytes) -> None:
+    try:
+        replacement = _normalised(start["status"], json.loads(body))
+    except ValueError:
+        replacement = error_body(
+            start["status"], _STATUS_OF_HTTP.get(start["status"], "INTERNAL"), body.decode("utf-8", "replace")
+        )
+    if replacement is not None:
+        body = json.dumps(replacement).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+        start = {
+            **start,
+            "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
 
 
 def http_error(exc: RegenError) -> BentoMLException:
-    """The same message, with the error's HTTP status (400 for InvalidInput, ...)."""
+    """Deprecated: return `error_response(exc)` (via `answer`) instead."""
     return BentoMLException(str(exc), error_code=HTTPStatus(exc.http_status))
 
 
