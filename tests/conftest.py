@@ -1,9 +1,14 @@
-"""Shared fixtures: source paths for child processes, the tiny models, EvalRef-100,
-and real local services started once per test session."""
+"""Shared fixtures: source paths for child processes, the tiny models, reference images
+the tests make (`scenes`, `scene_dataset`), EvalRef-100 for the tests of that dataset
+only, and real local services started once per test session.
+
+Tests live in one folder per part (tests/scorer, tests/orchestrator, ...); plain helper
+modules live in tests/support and are imported as `support.<module>`."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +16,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `support.*`
+
+from support import scenes as scene_maker  # noqa: E402
+
 SOURCE_PATHS = [
     str(REPO_ROOT / p)
     for p in tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["pythonpath"]
@@ -31,7 +40,20 @@ def evalref_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def scenes() -> dict[str, bytes]:
+    """PNG bytes of the test-made reference images, by name (object_1, scene_2, ...)."""
+    return {name: scene_maker.scene_png(name) for name in scene_maker.NAMES}
+
+
+@pytest.fixture(scope="session")
+def scene_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset folder of 8 test-made references in 4 categories, with a MANIFEST.json."""
+    return scene_maker.write_dataset(tmp_path_factory.mktemp("scenes"))
+
+
+@pytest.fixture(scope="session")
 def evalref() -> Path:
+    """EvalRef-100's files, for the tests of that dataset itself; skipped without them."""
     path = evalref_dir()
     if not (path / "MANIFEST.json").exists():
         pytest.skip(f"EvalRef-100 not found at {path} (set REGEN_EVALREF_DIR)")

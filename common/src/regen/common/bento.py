@@ -107,8 +107,8 @@ def _normalised(status_code: int, body: Any) -> dict | None:
         ]
         message = "; ".join(f"{v['field']}: {v['description']}" for v in violations) or "invalid request"
         return error_body(status_code, status, message, violations)
-    message = body.get("error") if isinstance(body, dict) else None
-    return error_body(status_code, status, str(message or HTTPStatus(status_code).phrase))
+    text = body.get("error") if isinstance(body, dict) else None
+    return error_body(status_code, status, str(text or HTTPStatus(status_code).phrase))
 
 
 class ErrorShapeMiddleware:

@@ -45,6 +45,7 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, what: str = 
         raise ImageDecodeError(f"{what}: empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageDecodeError(f"{what}: {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
+    img: Image.Image
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:

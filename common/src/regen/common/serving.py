@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from regen.common.grpc_server import CoreSlot, GrpcHost, Registration, serve_until_signal
 from regen.common.settings import ServiceSettings
@@ -25,26 +25,30 @@ def write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
+S = TypeVar("S", bound=ServiceSettings)
+C = TypeVar("C")
+
+
 def run_service(
-    settings: ServiceSettings,
-    build_engine: Callable[[ServiceSettings], Any],
-    registrations: Callable[[CoreSlot, ServiceSettings], list[Registration]],
+    settings: S,
+    build_core: Callable[[S], C],
+    registrations: Callable[[CoreSlot[C], S], list[Registration]],
     *,
     port_file: Path | None = None,
-    close_engine: Callable[[Any], Any] | None = None,
+    close_core: Callable[[C], Any] | None = None,
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("REGEN_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
 
     async def main() -> None:
-        slot: CoreSlot = CoreSlot()
+        slot: CoreSlot[C] = CoreSlot()
         host = GrpcHost(settings.host, settings.port, max_message_bytes=settings.max_message_bytes)
 
         def on_stop() -> Any:
-            if close_engine is not None:
+            if close_core is not None:
                 try:
-                    return close_engine(slot.get())
+                    return close_core(slot.get())
                 except Exception:
                     return None
             return None
@@ -52,7 +56,7 @@ def run_service(
         await serve_until_signal(
             host,
             registrations(slot, settings),
-            lambda: build_engine(settings),
+            lambda: build_core(settings),
             slot,
             on_port=(lambda port: write_port_file(port_file, port)) if port_file else None,
             on_stop=on_stop,

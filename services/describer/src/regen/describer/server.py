@@ -50,4 +50,4 @@ def registrations(slot: CoreSlot[Describer], settings: DescriberSettings) -> lis
 
 def serve(*, port_file: Path | None = None, preset: str | None = None, config_file=None, **overrides) -> None:
     settings = load_settings(DescriberSettings, preset=preset, config_file=config_file, **overrides)
-    run_service(settings, build_engine, registrations, port_file=port_file, close_engine=lambda e: e.aclose())
+    run_service(settings, build_engine, registrations, port_file=port_file, close_core=lambda e: e.aclose())

@@ -28,7 +28,7 @@ def serve(
     *, port_file: Path | None = None, preset: str | None = None, config_file: str | Path | None = None, **overrides: Any
 ) -> None:
     settings = load_settings(GeneratorSettings, preset=preset, config_file=config_file, **overrides)
-    run_service(settings, build_engine, registrations, port_file=port_file, close_engine=lambda g: g.close())
+    run_service(settings, build_engine, registrations, port_file=port_file, close_core=lambda g: g.close())
 
 
 class BackgroundServer:

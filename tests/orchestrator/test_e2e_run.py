@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-from heavy_imports import run_regen_cli
 from PIL import Image
+from support.heavy_imports import run_regen_cli
 
 pytestmark = pytest.mark.slow
 

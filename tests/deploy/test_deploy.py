@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "deploy" / "k8s"
 SERVICE_PORTS = {"describer": 50051, "generator": 50052, "scorer": 50053}
 

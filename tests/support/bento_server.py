@@ -2,8 +2,7 @@
 tiny preset on free 127.0.0.1 ports, for the tests of the three BentoML services, and
 talk to its HTTP API.
 
-A plain module beside conftest.py: pytest (default "prepend" import mode, no
-tests/__init__.py) puts tests/ on sys.path, so test files `import bento_server`.
+Imported by tests as `support.bento_server` (tests/conftest.py puts tests/ on sys.path).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import pytest
 
 from regen.orchestrator.launcher import wait_for_serving
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BENTOML = Path(sys.executable).with_name("bentoml")
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from heavy_imports import HEAVY_MODULES, run_regen_cli
 from PIL import Image
+from support.heavy_imports import HEAVY_MODULES, run_regen_cli
 
 from regen.common.grpc_server import GrpcHost, Registration, grpc_errors
 from regen.orchestrator.clients import ConnectError

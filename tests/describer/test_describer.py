@@ -25,8 +25,8 @@ from typing import ClassVar
 
 import grpc
 import pytest
-from bento_server import free_port, serve_bento, stop_process_group
-from bento_server import post as http_post
+from support.bento_server import free_port, serve_bento, stop_process_group
+from support.bento_server import post as http_post
 
 from regen.common.grpc_server import channel_options
 from regen.common.settings import load_settings

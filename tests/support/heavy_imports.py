@@ -1,5 +1,5 @@
 """The orchestrator never imports the heavy model libraries; these helpers let tests
-check it in a fresh interpreter. A plain module beside conftest.py, like bento_server.py.
+check it in a fresh interpreter. Imported as `support.heavy_imports`.
 """
 
 from __future__ import annotations

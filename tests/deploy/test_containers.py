@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "regen/orchestrator:0.1.0"
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -107,7 +107,7 @@ def test_service_image_serves_http_and_grpc(name: str, tiny_models: Path) -> Non
     import time
     import urllib.request
 
-    from bento_server import free_port
+    from support.bento_server import free_port
 
     from regen.common.healthcheck import check
 
@@ -168,7 +168,7 @@ def test_service_image_serves_http_and_grpc(name: str, tiny_models: Path) -> Non
 def test_compose_up_runs_a_benchmark(tiny_models: Path, evalref: Path, tmp_path: Path) -> None:
     """`docker compose up` with the tiny override: three BentoML service containers and the
     orchestrator container, on host networking bound to 127.0.0.1, run 2 cases."""
-    from bento_server import free_port
+    from support.bento_server import free_port
 
     if os.environ.get("REGEN_TEST_SERVICE_IMAGES") != "1":
         pytest.skip("service images carry a CUDA torch (about 9 GB each); set REGEN_TEST_SERVICE_IMAGES=1 to test them")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from bento_server import post_json, serve_bento
 from PIL import Image, ImageFilter
+from support.bento_server import post_json, serve_bento
 
 from regen.common.grpc_server import channel_options
 from regen.common.images import encode_png

@@ -19,7 +19,7 @@ from regen.generator.engines import ENGINES, EngineInfo
 from regen.generator.engines.diffusers_engine import DiffusersEngine, default_size, size_multiple, token_budget
 from regen.generator.settings import GeneratorSettings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeTokenizer:

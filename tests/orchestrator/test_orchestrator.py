@@ -134,7 +134,7 @@ def test_evalref_through_env_var_interleaves_categories(evalref, monkeypatch):
 
 def test_evalref_beside_the_checkout(evalref, monkeypatch):
     monkeypatch.delenv("REGEN_EVALREF_DIR", raising=False)
-    if evalref != Path(__file__).resolve().parents[2] / "shared" / "data" / "EvalRef-100":
+    if evalref != Path(__file__).resolve().parents[3] / "shared" / "data" / "EvalRef-100":
         pytest.skip("EvalRef-100 is not beside this checkout")
     assert resolve_dataset("evalref-100").root.resolve() == evalref.resolve()
 

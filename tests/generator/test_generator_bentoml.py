@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from bento_server import post, serve_bento
 from PIL import Image
+from support.bento_server import post, serve_bento
 
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 

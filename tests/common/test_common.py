@@ -226,7 +226,7 @@ def registrations(slot, settings):
     return [Registration(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, "regen.v1.Scorer")]
 
 run_service(ScorerSettings(port=0), build_engine, registrations, port_file=Path(sys.argv[1]),
-            close_engine=lambda engine: print("closed", engine, flush=True))
+            close_core=lambda engine: print("closed", engine, flush=True))
 """
 
 
