@@ -40,7 +40,7 @@ _TYPE_TO_PROTO = {
     "animal": describer_pb2.OBJECT_TYPE_ANIMAL,
     "object": describer_pb2.OBJECT_TYPE_OBJECT,
 }
-_TYPE_FROM_PROTO = {value: key for key, value in _TYPE_TO_PROTO.items()}
+_TYPE_FROM_PROTO: dict[int, str] = {int(value): key for key, value in _TYPE_TO_PROTO.items()}
 
 
 def attributes_of(object_type: str) -> tuple[str, ...]:
