@@ -37,12 +37,14 @@ def _fail(message: str) -> None:
 
 
 def _service_module(name: str, package: str):
-    try:
-        return importlib.import_module(f"regen.{name}.server")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("regen"):
-            _fail(f"the {name} service is not installed: pip install ./{package}")
-        raise
+    # TODO(issue 9): only grpc_api once every service has it.
+    for module in ("grpc_api", "server"):
+        try:
+            return importlib.import_module(f"regen.{name}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"regen.{name}.{module}" and not (exc.name and exc.name == f"regen.{name}"):
+                raise
+    _fail(f"the {name} service is not installed: pip install ./{package}")
 
 
 def _serve(name: str, package: str, port_file: Path | None, **settings) -> None:
