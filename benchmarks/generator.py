@@ -251,7 +251,7 @@ class Row:
 
 
 def _request(case: Case, batch: int, steps: int | None = None):
-    from regen.generator.engine import GenerateRequest, PromptSpec
+    from regen.generator.core import GenerateRequest, PromptSpec
 
     return GenerateRequest(
         prompts=[PromptSpec(PROMPTS[i % len(PROMPTS)], seed=1000 + i) for i in range(batch)],
@@ -269,10 +269,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def in_process(generator, case: Case, batch: int, repeats: int) -> float:
+def in_process(core, case: Case, batch: int, repeats: int) -> float:
     """images/s of back-to-back engine calls (one warm-up call first)."""
-    engine = generator.engine
-    items = generator.validate(_request(case, batch))
+    engine = core.engine
+    items = core.validate(_request(case, batch))
     engine.generate(items)  # warm-up: cuDNN/cuBLAS choices, compilation
     device = engine.info().device
     _sync(device)
@@ -338,19 +338,19 @@ def run_client(address: str, request_json: str, repeats: int, concurrency: int) 
     print(json.dumps({"images": count, "seconds": seconds}))
 
 
-def measure(generator, settings, case: Case, args: argparse.Namespace) -> list[Row]:
-    from regen.generator.server import BackgroundServer
+def measure(core, settings, case: Case, args: argparse.Namespace) -> list[Row]:
+    from regen.generator.grpc_api import BackgroundServer
 
     rows: list[Row] = []
-    server = None if args.skip_grpc else BackgroundServer(generator, settings)
+    server = None if args.skip_grpc else BackgroundServer(core, settings)
     if server is not None:
         server.start()
     try:
         for batch in case.batches:
-            local = in_process(generator, case, batch, args.repeats)
+            local = in_process(core, case, batch, args.repeats)
             remote = None
             if server is not None:
-                generator.batcher.max_batch = batch  # each engine call gets exactly `batch` prompts
+                core.batcher.max_batch = batch  # each engine call gets exactly `batch` prompts
                 remote = through_grpc(server.address, case, batch, args.repeats, args.concurrency)
             reference = (
                 REFERENCE.get(case.name, {}).get(batch) if args.shapes == "real" and not args.scale_down else None
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from regen.common.settings import load_settings, resolve_device, resolve_dtype
-    from regen.generator.engine import Generator
+    from regen.generator.core import GeneratorCore
     from regen.generator.engines.diffusers_engine import DiffusersEngine
     from regen.generator.settings import GeneratorSettings
 
@@ -425,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         build_all(tiny_models_dir())
         settings = load_settings(GeneratorSettings, preset="tiny", **{**common, "max_batch": 8})
         case = Case("tiny", args.size or 64, args.size or 64, args.steps or 4, 5.0, args.batches or [1, 3, 8])
-        generator = Generator(DiffusersEngine(settings), settings)
-        rows += measure(generator, settings, case, args)
+        core = GeneratorCore(DiffusersEngine(settings), settings)
+        rows += measure(core, settings, case, args)
     else:
         dims = Dims.scaled() if args.scale_down else Dims()
         for name in args.models:
@@ -440,10 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(
                 GeneratorSettings, **{**common, "model": f"{name}-shaped-random", "max_batch": max(batches)}
             )
-            generator = Generator(DiffusersEngine(settings, pipeline=pipeline), settings)
+            core = GeneratorCore(DiffusersEngine(settings, pipeline=pipeline), settings)
             print(f"# built {name}-shaped pipeline in {time.perf_counter() - built:.1f} s", flush=True)
-            rows += measure(generator, settings, case, args)
-            del generator, pipeline
+            rows += measure(core, settings, case, args)
+            del core, pipeline
             gc.collect()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()

@@ -1,6 +1,7 @@
 """Generator pieces without a server: token budgets and size rules of other pipeline
-families, request validation and batching keys, the engine registry, the scheduler
-override, and the benchmark's real-shape code path (shrunk, on the CPU)."""
+families, request validation and batching keys, the engine registry (and an engine added
+as a plugin), what the transport-free modules import, the scheduler override, and the
+benchmark's real-shape code path (shrunk, on the CPU)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 
 from regen.common.errors import InvalidInput
 from regen.common.settings import load_settings
-from regen.generator.engine import GenerateRequest, PromptSpec, validate
-from regen.generator.engines import ENGINES, EngineInfo
+from regen.generator.core import GenerateRequest, GeneratorCore, PromptSpec, validate
+from regen.generator.engines import REGISTRY
+from regen.generator.engines.base import EngineInfo, GeneratorEngine
 from regen.generator.engines.diffusers_engine import DiffusersEngine, default_size, size_multiple, token_budget
 from regen.generator.settings import GeneratorSettings
 
@@ -133,14 +135,96 @@ def test_validation_messages_name_the_field(request_, message) -> None:
 
 
 def test_every_registered_engine_is_importable_and_complete() -> None:
-    import importlib
-
-    for name, target in ENGINES.items():
-        module, cls = target.split(":")
-        engine_cls = getattr(importlib.import_module(module), cls)
+    assert REGISTRY.names()[:2] == ["diffusers", "openai"]
+    for name in REGISTRY.names():
+        engine_cls = REGISTRY.load(name)
         for method in ("info", "generate", "steps_run", "close"):
             assert callable(getattr(engine_cls, method)), (name, method)
-    assert set(ENGINES) == set(GeneratorSettings.model_fields["engine"].annotation.__args__)
+        load_settings(GeneratorSettings, engine=name)  # every registered name is a valid setting
+
+
+def test_an_unknown_engine_is_refused_naming_the_setting_and_the_choices() -> None:
+    settings = load_settings(GeneratorSettings, engine="stable-difusion")
+    with pytest.raises(ValueError, match=r"^engine: unknown engine 'stable-difusion'; choose one of diffusers, openai"):
+        GeneratorCore.load(settings)
+
+
+def test_the_transport_free_modules_import_no_transport_and_no_torch() -> None:
+    code = (
+        "import sys\n"
+        "import regen.generator.core, regen.generator.settings, regen.generator.engines.base\n"
+        "import regen.generator.engines\n"
+        "print(','.join(m for m in ('grpc', 'bentoml', 'torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert answer.stdout.strip() == "", f"imported {answer.stdout.strip()}"
+
+
+# An engine as a newcomer writes it: one file. Here it arrives as a plugin (an entry point
+# of another distribution); a built-in one is the same file plus one line in REGISTRY.
+TOY_ENGINE = """
+from PIL import Image
+
+from regen.generator.engines.base import EngineInfo, GenerationResult
+
+
+class ToyEngine:
+    \"\"\"Flat images whose colour comes from the seed.\"\"\"
+
+    def __init__(self, settings):
+        self._info = EngineInfo(
+            model_id=settings.model, revision="toy-1", backend="toy", device="cpu", dtype="",
+            prompt_token_budget=0, default_width=settings.width or 32, default_height=settings.height or 32,
+            default_steps=1, default_guidance_scale=0.0, size_multiple=8, supports_negative_prompt=False,
+        )
+
+    def info(self):
+        return self._info
+
+    def generate(self, batch):
+        size = (batch[0].params.width, batch[0].params.height)
+        return [GenerationResult(Image.new("RGB", size, (item.seed % 256, 0, 0))) for item in batch]
+
+    def steps_run(self):
+        return 0
+
+    def close(self):
+        pass
+"""
+
+
+def test_an_engine_is_one_new_file_found_through_the_registry(tmp_path, monkeypatch) -> None:
+    import importlib.metadata
+    import io
+
+    import grpc
+    from PIL import Image
+
+    from regen.generator.grpc_api import BackgroundServer
+    from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+
+    (tmp_path / "regen_toy_engine.py").write_text(TOY_ENGINE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = importlib.metadata.EntryPoint("toy", "regen_toy_engine:ToyEngine", REGISTRY.group)
+    real_entry_points = importlib.metadata.entry_points
+
+    def entry_points(**select):
+        found = real_entry_points(**select)
+        return [*found, plugin] if select.get("group") == REGISTRY.group else found
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert REGISTRY.names() == ["diffusers", "openai", "toy"]
+    settings = load_settings(GeneratorSettings, engine="toy", model="toy-model")  # no settings edit needed
+    core = GeneratorCore.load(settings)
+    assert isinstance(core.engine, GeneratorEngine)
+    with BackgroundServer(core, settings) as server, grpc.insecure_channel(server.address) as channel:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        info = stub.Info(common_pb2.InfoRequest(), timeout=30)
+        request = generator_pb2.GenerateRequest(prompts=[generator_pb2.PromptSpec(text="a red square", seed=200)])
+        (image,) = stub.Generate(request, timeout=30)
+    assert (info.model.backend, info.model.model_id, info.default_width) == ("toy", "toy-model", 32)
+    assert Image.open(io.BytesIO(image.png)).getpixel((0, 0)) == (200, 0, 0)
 
 
 def test_scheduler_override_by_class_name(tiny_models) -> None:

@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from regen.common.settings import load_settings
-from regen.generator.engine import build_generator
-from regen.generator.server import BackgroundServer
+from regen.generator.core import GeneratorCore
+from regen.generator.grpc_api import BackgroundServer
 from regen.generator.settings import GeneratorSettings
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
@@ -124,8 +124,8 @@ def vendor(fake_api: FakeImagesAPI) -> Iterator[generator_pb2_grpc.GeneratorStub
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEY_ENV, API_KEY)
         settings = vendor_settings(fake_api, api_max_retries=3, width=256, height=256)
-        generator = build_generator(settings)
-    with BackgroundServer(generator, settings) as server, grpc.insecure_channel(server.address) as channel:
+        core = GeneratorCore.load(settings)
+    with BackgroundServer(core, settings) as server, grpc.insecure_channel(server.address) as channel:
         yield generator_pb2_grpc.GeneratorStub(channel)
 
 
@@ -198,8 +198,8 @@ def test_the_api_key_is_never_logged_or_reported(fake_api, caplog, monkeypatch) 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(KEY_ENV, API_KEY)
     settings = vendor_settings(fake_api, width=64, height=64)
-    generator = build_generator(settings)
-    with BackgroundServer(generator, settings) as server, grpc.insecure_channel(server.address) as channel:
+    core = GeneratorCore.load(settings)
+    with BackgroundServer(core, settings) as server, grpc.insecure_channel(server.address) as channel:
         stub = generator_pb2_grpc.GeneratorStub(channel)
         info = stub.Info(common_pb2.InfoRequest())
         _generate(stub, "a key check [429]", f"key check {FORBIDDEN}")
@@ -207,9 +207,9 @@ def test_the_api_key_is_never_logged_or_reported(fake_api, caplog, monkeypatch) 
 
     wrong = "sk-wrong-key-5d7e"
     monkeypatch.setenv(KEY_ENV, wrong)
-    generator = build_generator(settings)
+    core = GeneratorCore.load(settings)
     with (
-        BackgroundServer(generator, settings) as server,
+        BackgroundServer(core, settings) as server,
         grpc.insecure_channel(server.address) as channel,
         pytest.raises(grpc.RpcError) as err,
     ):
@@ -228,7 +228,7 @@ def test_a_missing_key_fails_at_startup(monkeypatch) -> None:
         GeneratorSettings, engine="openai", model="gpt-image-1", api_key_env="REGEN_TEST_NO_SUCH_KEY"
     )
     with pytest.raises(ValueError, match="REGEN_TEST_NO_SUCH_KEY"):
-        build_generator(settings)
+        GeneratorCore.load(settings)
 
 
 def test_the_key_can_come_from_a_mounted_secret_file(fake_api, tmp_path, monkeypatch) -> None:
@@ -245,8 +245,8 @@ def test_the_key_can_come_from_a_mounted_secret_file(fake_api, tmp_path, monkeyp
         width=64,
         height=64,
     )
-    generator = build_generator(settings)
-    with BackgroundServer(generator, settings) as server, grpc.insecure_channel(server.address) as channel:
+    core = GeneratorCore.load(settings)
+    with BackgroundServer(core, settings) as server, grpc.insecure_channel(server.address) as channel:
         images = _generate(generator_pb2_grpc.GeneratorStub(channel), "a paper crane from a secret")
     assert images[0].png and not images[0].refused
     sent = [b for b in fake_api.bodies if b["prompt"] == "a paper crane from a secret"][-1]

@@ -16,8 +16,9 @@ class GeneratorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="REGEN_GENERATOR_", env_nested_delimiter="__", extra="forbid")
 
     port: int = Field(50052, ge=0, le=65535)
-    # "diffusers": any model AutoPipelineForText2Image loads; "openai": an Images API.
-    engine: Literal["diffusers", "openai"] = "diffusers"
+    # A name in regen.generator.engines.REGISTRY, checked when the engine loads: "diffusers"
+    # (any model AutoPipelineForText2Image loads), "openai" (an Images API), or a plugin's.
+    engine: str = "diffusers"
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     revision: str | None = None
     variant: str | None = None

@@ -3,17 +3,19 @@
 An engine renders one batch at a time on the service's single model worker thread; the
 service around it (validation, cross-request batching, PNG encoding, streaming) is the
 same for every engine. A new engine is one module with a class that satisfies
-`GeneratorEngine`, plus a line in `regen.generator.engines.ENGINES`.
+`GeneratorEngine`, plus a line in `regen.generator.engines.REGISTRY`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
+
+from regen.generator.settings import GeneratorSettings
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,7 @@ class GeneratorEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# What the registry holds: a class (or any callable) that builds an engine from the settings.
+EngineClass = Callable[[GeneratorSettings], GeneratorEngine]

@@ -52,8 +52,8 @@ def token_budget(pipeline: Any) -> tuple[Any | None, int]:
     pipeline (SD1.x/2.x, SDXL, SD3, FLUX) cuts there; SD3 and FLUX also feed the prompt to
     a T5 encoder with a longer limit, but the CLIP budget is the one that binds first.
     Pipelines without CLIP (PixArt: T5 only) cut at their `max_sequence_length`."""
-    tokenizers = [getattr(pipeline, name, None) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")]
-    tokenizers = [t for t in tokenizers if t is not None]
+    found = (getattr(pipeline, name, None) for name in ("tokenizer", "tokenizer_2", "tokenizer_3"))
+    tokenizers: list[Any] = [t for t in found if t is not None]
     if not tokenizers:
         return None, 0
     clip = [t for t in tokenizers if _is_clip(t)]
@@ -70,7 +70,7 @@ def token_budget(pipeline: Any) -> tuple[Any | None, int]:
 
 def default_size(pipeline: Any) -> int:
     scale = int(getattr(pipeline, "vae_scale_factor", 8))
-    sample = getattr(pipeline, "default_sample_size", None)
+    sample: Any = getattr(pipeline, "default_sample_size", None)
     if sample is None:
         # No `or`: a torch.compile'd module refuses truth tests (it has no len()).
         denoiser = getattr(pipeline, "unet", None)

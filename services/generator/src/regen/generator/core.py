@@ -1,9 +1,10 @@
-"""The generator as its adapters (gRPC, BentoML HTTP) see it, with no transport inside.
+"""The generator's request path, with no transport inside: both adapters (gRPC, BentoML
+HTTP) call the same `GeneratorCore`.
 
-`Generator` validates a request against the loaded engine's limits, queues its prompts
-on a MicroBatcher that merges concurrent requests with equal render settings into one
-engine call, encodes each finished image as PNG on a small thread pool (so the model
-worker starts the next batch at once), and yields images as they are ready.
+`GeneratorCore` validates a request against the loaded engine's limits, queues its
+prompts on a MicroBatcher that merges concurrent requests with equal render settings
+into one engine call, encodes each finished image as PNG on a small thread pool (so the
+model worker starts the next batch at once), and yields images as they are ready.
 """
 
 from __future__ import annotations
@@ -13,20 +14,16 @@ import math
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from regen.common.batching import MicroBatcher
+from regen.common.batching import BatchStats, MicroBatcher
 from regen.common.errors import InvalidInput
 from regen.common.images import encode_png
-from regen.generator.engines import (
-    EngineInfo,
-    GenerationItem,
-    GenerationResult,
-    GeneratorEngine,
-    RenderParams,
-    load_engine,
-)
+from regen.generator.engines.base import EngineInfo, GenerationItem, GenerationResult, GeneratorEngine, RenderParams
 from regen.generator.settings import GeneratorSettings
+
+# Seeds are int64 on the wire (regen.v1.PromptSpec.seed); every adapter accepts this range.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -49,6 +46,8 @@ class GenerateRequest:
 
 @dataclass
 class GeneratedImage:
+    """One finished image; the fields are regen.v1.GeneratedImage's."""
+
     index: int
     png: bytes
     seed: int
@@ -61,6 +60,29 @@ class GeneratedImage:
     refusal_reason: str = ""
 
 
+@dataclass(frozen=True)
+class GeneratorFigures:
+    """The numbers Info reports besides the model and the server; regen.v1.GeneratorInfo's names."""
+
+    prompt_token_budget: int
+    default_width: int
+    default_height: int
+    default_steps: int
+    default_guidance_scale: float
+    max_batch: int
+    size_multiple: int
+    steps_run: int
+
+
+@dataclass(frozen=True)
+class GeneratorDescription:
+    """What Info answers: the engine's identity, its figures and the batching statistics."""
+
+    model: EngineInfo
+    figures: GeneratorFigures
+    stats: BatchStats
+
+
 def _check_size(name: str, value: int | None, default: int, info: EngineInfo, max_side: int) -> int:
     if value is None:
         return default
@@ -71,16 +93,23 @@ def _check_size(name: str, value: int | None, default: int, info: EngineInfo, ma
     return value
 
 
-def validate(request: GenerateRequest, info: EngineInfo, settings: GeneratorSettings) -> list[GenerationItem]:
-    """The request as engine items, or InvalidInput naming the field (and index)."""
-    prompts = request.prompts
-    if not prompts:
-        raise InvalidInput("prompts: empty; send at least one prompt")
-    if len(prompts) > settings.max_batch:
-        raise InvalidInput(
-            f"prompts: {len(prompts)} prompts exceed this generator's max_batch of {settings.max_batch}; "
-            "split the request"
-        )
+def _check_prompt(index: int, spec: PromptSpec, settings: GeneratorSettings) -> None:
+    where = f"prompts[{index}]"
+    if not spec.text.strip():
+        raise InvalidInput(f"{where}.text: empty; every prompt needs text")
+    for name, text in (("text", spec.text), ("negative_prompt", spec.negative_prompt)):
+        if len(text) > settings.max_prompt_chars:
+            raise InvalidInput(
+                f"{where}.{name}: {len(text)} characters exceeds the limit of {settings.max_prompt_chars}"
+            )
+    if spec.seed < 0:
+        raise InvalidInput(f"{where}.seed: {spec.seed} is negative; seeds must be >= 0")
+    if spec.seed > MAX_SEED:
+        raise InvalidInput(f"{where}.seed: {spec.seed} is out of range; seeds must be <= {MAX_SEED}")
+
+
+def _render_params(request: GenerateRequest, info: EngineInfo, settings: GeneratorSettings) -> RenderParams:
+    """The request's size, steps and guidance (defaults filled in), without the negative-prompt flag."""
     width = _check_size("width", request.width, info.default_width, info, settings.max_side)
     height = _check_size("height", request.height, info.default_height, info, settings.max_side)
     steps = info.default_steps if request.steps is None else request.steps
@@ -94,28 +123,45 @@ def validate(request: GenerateRequest, info: EngineInfo, settings: GeneratorSett
         raise InvalidInput(f"guidance_scale: {guidance} is out of range; use 0 to 100")
     if not info.supports_sampling_params:
         steps, guidance = 0, 0.0  # ignored by the engine; keep batches mergeable
+    return RenderParams(width, height, steps, guidance, uses_negative_prompt=False)
 
+
+def validate(request: GenerateRequest, info: EngineInfo, settings: GeneratorSettings) -> list[GenerationItem]:
+    """The request as engine items, or InvalidInput naming the field (and index)."""
+    prompts = request.prompts
+    if not prompts:
+        raise InvalidInput("prompts: empty; send at least one prompt")
+    if len(prompts) > settings.max_batch:
+        raise InvalidInput(
+            f"prompts: {len(prompts)} prompts exceed this generator's max_batch of {settings.max_batch}; "
+            "split the request"
+        )
+    params = _render_params(request, info, settings)
     items: list[GenerationItem] = []
     for index, spec in enumerate(prompts):
-        where = f"prompts[{index}]"
-        if not spec.text.strip():
-            raise InvalidInput(f"{where}.text: empty; every prompt needs text")
-        for name, text in (("text", spec.text), ("negative_prompt", spec.negative_prompt)):
-            if len(text) > settings.max_prompt_chars:
-                raise InvalidInput(
-                    f"{where}.{name}: {len(text)} characters exceeds the limit of {settings.max_prompt_chars}"
-                )
-        if spec.seed < 0:
-            raise InvalidInput(f"{where}.seed: {spec.seed} is negative; seeds must be >= 0")
+        _check_prompt(index, spec, settings)
         negative = spec.negative_prompt or settings.negative_prompt
         if negative and not info.supports_negative_prompt:
-            raise InvalidInput(f"{where}.negative_prompt: the {info.backend} engine ({info.model_id}) has none")
-        params = RenderParams(width, height, steps, guidance, uses_negative_prompt=bool(negative))
-        items.append(GenerationItem(index, spec.text, negative, spec.seed, params))
+            raise InvalidInput(
+                f"prompts[{index}].negative_prompt: the {info.backend} engine ({info.model_id}) has none"
+            )
+        item_params = replace(params, uses_negative_prompt=bool(negative))
+        items.append(GenerationItem(index, spec.text, negative, spec.seed, item_params))
     return items
 
 
-class Generator:
+def load_engine(settings: GeneratorSettings) -> GeneratorEngine:
+    """The engine `settings.engine` names, built from the settings; any registered name works."""
+    from regen.generator.engines import REGISTRY
+
+    try:
+        engine_class = REGISTRY.load(settings.engine)
+    except ValueError as exc:
+        raise ValueError(f"engine: {exc}") from None
+    return engine_class(settings)
+
+
+class GeneratorCore:
     """One loaded engine behind a cross-request batcher; share it between adapters."""
 
     def __init__(self, engine: GeneratorEngine, settings: GeneratorSettings) -> None:
@@ -132,8 +178,24 @@ class Generator:
         )
         self._encoder = ThreadPoolExecutor(settings.png_threads, thread_name_prefix="png-encode")
 
-    def info(self) -> EngineInfo:
-        return self.engine.info()
+    @classmethod
+    def load(cls, settings: GeneratorSettings) -> GeneratorCore:
+        """Load the configured engine for serving."""
+        return cls(load_engine(settings), settings)
+
+    def describe(self) -> GeneratorDescription:
+        info = self.engine.info()
+        figures = GeneratorFigures(
+            prompt_token_budget=info.prompt_token_budget,
+            default_width=info.default_width,
+            default_height=info.default_height,
+            default_steps=info.default_steps,
+            default_guidance_scale=info.default_guidance_scale,
+            max_batch=self.settings.max_batch,
+            size_multiple=info.size_multiple,
+            steps_run=self.engine.steps_run(),
+        )
+        return GeneratorDescription(model=info, figures=figures, stats=self.batcher.stats)
 
     def validate(self, request: GenerateRequest) -> list[GenerationItem]:
         return validate(request, self.engine.info(), self.settings)
@@ -163,18 +225,7 @@ class Generator:
                         encoding[loop.run_in_executor(self._encoder, self._encode, result)] = (item, result)
                         continue
                     item, result = encoding.pop(future)
-                    yield GeneratedImage(
-                        index=item.index,
-                        png=future.result(),
-                        seed=item.seed,
-                        elapsed_s=time.monotonic() - arrived,
-                        width=result.image.width if result.image is not None else item.params.width,
-                        height=result.image.height if result.image is not None else item.params.height,
-                        prompt_tokens=result.prompt_tokens,
-                        prompt_truncated=result.prompt_truncated,
-                        refused=result.refused,
-                        refusal_reason=result.refusal_reason,
-                    )
+                    yield _finished(item, result, future.result(), time.monotonic() - arrived)
         finally:
             for item in items:
                 item.cancelled.set()
@@ -192,6 +243,17 @@ class Generator:
         await asyncio.to_thread(self.engine.close)
 
 
-def build_generator(settings: GeneratorSettings, engine: GeneratorEngine | None = None) -> Generator:
-    """Load the configured engine (or wrap a given one) for serving."""
-    return Generator(engine if engine is not None else load_engine(settings), settings)
+def _finished(item: GenerationItem, result: GenerationResult, png: bytes, elapsed_s: float) -> GeneratedImage:
+    image = result.image
+    return GeneratedImage(
+        index=item.index,
+        png=png,
+        seed=item.seed,
+        elapsed_s=elapsed_s,
+        width=image.width if image is not None else item.params.width,
+        height=image.height if image is not None else item.params.height,
+        prompt_tokens=result.prompt_tokens,
+        prompt_truncated=result.prompt_truncated,
+        refused=result.refused,
+        refusal_reason=result.refusal_reason,
+    )

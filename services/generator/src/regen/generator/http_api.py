@@ -1,0 +1,150 @@
+"""The generator as a BentoML service: an HTTP API, plus the regen.v1.Generator gRPC server
+started in the same process over the same loaded engine and the same batcher (so HTTP and
+gRPC requests are batched together).
+
+    REGEN_PRESET=tiny REGEN_GENERATOR_PORT=50052 bentoml serve regen.generator.http_api:Generator --port 3000
+
+Settings come from REGEN_GENERATOR_* variables, REGEN_CONFIG and REGEN_PRESET.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncGenerator
+from dataclasses import asdict
+from typing import Any
+
+import bentoml
+from pydantic import ConfigDict, Field
+from starlette.responses import JSONResponse
+
+from regen.common import bento
+from regen.common.grpc_server import CoreSlot, GrpcHost
+from regen.common.settings import load_settings
+from regen.generator.core import MAX_SEED, GeneratedImage, GenerateRequest, GeneratorCore, PromptSpec
+from regen.generator.grpc_api import build_core, registrations
+from regen.generator.settings import GeneratorSettings
+
+
+class PromptBody(bento.StrictModel):
+    text: str = Field(description="What to draw")
+    negative_prompt: str = Field("", description="What to avoid (engines that support it)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of this image's own random generator (int64, >= 0)")
+
+
+class GenerateBody(bento.StrictModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"prompts": [{"text": "a red fox sleeping in fresh snow, watercolor", "seed": 1}]}
+        },
+    )
+
+    prompts: list[PromptBody] = Field(description="One image per prompt, at most Info's max_batch")
+    width: int | None = Field(None, description="Unset: the model's default; a multiple of size_multiple")
+    height: int | None = Field(None, description="Unset: the model's default; a multiple of size_multiple")
+    steps: int | None = Field(None, description="Denoising steps; unset: the model's default")
+    guidance_scale: float | None = Field(None, description="Classifier-free guidance, 0 to 100; unset: the default")
+
+    def request(self) -> GenerateRequest:
+        return GenerateRequest(
+            prompts=[PromptSpec(p.text, p.negative_prompt, p.seed) for p in self.prompts],
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+        )
+
+
+class ImageBody(bento.StrictModel):
+    index: int = Field(description="Position of the prompt in prompts")
+    png: str = Field(description="Lossless PNG, base64; empty when refused")
+    seed: int
+    elapsed_s: float = Field(description="Seconds from the request's arrival to this image being ready")
+    width: int
+    height: int
+    prompt_tokens: int = Field(description="Tokens in the prompt before truncation (0: not counted)")
+    prompt_truncated: bool = Field(description="The prompt was cut to the model's token budget")
+    refused: bool = Field(description="The model refused the prompt (content policy); no image")
+    refusal_reason: str
+
+    @classmethod
+    def of(cls, image: GeneratedImage) -> ImageBody:
+        return cls(**asdict(image) | {"png": base64.b64encode(image.png).decode("ascii")})
+
+
+class ImagesBody(bento.StrictModel):
+    images: list[ImageBody] = Field(description="One image per prompt, in prompt order")
+
+
+class GeneratorInfoBody(bento.StrictModel):
+    model: bento.ModelBody
+    prompt_token_budget: int = Field(description="Tokens of prompt the text encoder keeps; 0: unlimited")
+    default_width: int
+    default_height: int
+    default_steps: int
+    default_guidance_scale: float
+    max_batch: int = Field(description="Most prompts in one request")
+    size_multiple: int = Field(description="Width and height must be multiples of this")
+    steps_run: int = Field(description="Denoising steps run since start (0: not counted)")
+    server: bento.ServerStatsBody
+
+
+class NoBody(bento.StrictModel):
+    pass
+
+
+@bentoml.service(name="regen-generator", resources={"gpu": 1}, workers=1, traffic={"timeout": 600})
+class Generator:
+    def __init__(self) -> None:
+        self.settings = load_settings(GeneratorSettings)
+        self.core = build_core(self.settings)
+        self.grpc: GrpcHost | None = None
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        self.grpc = await bento.start_grpc(self.settings, CoreSlot(self.core), registrations)
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        await bento.stop_grpc(self.grpc, self.core.close)
+
+    @bentoml.api(input_spec=GenerateBody, output_spec=ImagesBody)
+    async def generate(self, **body: Any) -> ImagesBody | JSONResponse:
+        """One image per prompt, in prompt order (regen.v1.Generator.Generate, collected)."""
+        return await bento.answer(_generate(self.core, GenerateBody.model_validate(body)))
+
+    @bentoml.api(input_spec=GenerateBody)
+    async def generate_stream(self, ctx: bentoml.Context, **body: Any) -> AsyncGenerator[str, None]:
+        """The same images as `generate`, one JSON object (ImageBody) per line as each is ready."""
+        request = GenerateBody.model_validate(body).request()
+        refusal = await bento.answer(_check(self.core, request))
+        if isinstance(refusal, JSONResponse):  # refused before streaming: an error answer
+            ctx.response.status_code = refusal.status_code
+            ctx.response.headers.update(refusal.headers)
+            yield bytes(refusal.body).decode()
+            return
+        async for image in self.core.generate(request):
+            yield ImageBody.of(image).model_dump_json() + "\n"
+
+    @bentoml.api(input_spec=NoBody, output_spec=GeneratorInfoBody)
+    async def info(self) -> GeneratorInfoBody:
+        """Model identity, prompt token budget, defaults, limits and batching statistics."""
+        description = self.core.describe()
+        return GeneratorInfoBody(
+            model=bento.ModelBody.of(description.model),
+            server=bento.ServerStatsBody.of(description.stats),
+            **asdict(description.figures),
+        )
+
+
+async def _generate(core: GeneratorCore, body: GenerateBody) -> ImagesBody:
+    images = await core.generate_all(body.request())
+    return ImagesBody(images=[ImageBody.of(image) for image in images])
+
+
+async def _check(core: GeneratorCore, request: GenerateRequest) -> None:
+    core.validate(request)
+
+
+bento.use_error_shape(Generator)
