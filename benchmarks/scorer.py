@@ -58,97 +58,80 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-# ---------------------------------------------------------------- engines
+# ---------------------------------------------------------------- models
 
 
-def real_shaped_engine(settings: ScorerSettings):
-    """CLIP ViT-B/32 and DINOv2-base shapes with random weights, built in memory."""
+def write_real_shaped_models(folder: Path) -> dict[str, dict[str, str]]:
+    """CLIP ViT-B/32 and DINOv2-base shapes with random weights, saved once into `folder`
+    and loaded back with from_pretrained like real checkpoints; returns metric_options."""
     import torch
     from transformers import BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, Dinov2Config, Dinov2Model
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from regen.scorer.embedders import TORCH_DTYPES, ImageEmbedder, LoadedModel
-    from regen.scorer.engine import ScorerEngine
-    from regen.scorer.metrics import CLIP, DINOV2, MetricSpec, metric_id
-
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    torch.manual_seed(0)
-    clip_config = CLIPConfig(
-        text_config={
-            "vocab_size": 49408,
-            "hidden_size": 512,
-            "intermediate_size": 2048,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 8,
-            "max_position_embeddings": 77,
-        },
-        vision_config={
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "image_size": 224,
-            "patch_size": 32,
-        },
-        projection_dim=512,
-    )
-    dinov2_config = Dinov2Config(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        mlp_ratio=4,
-        patch_size=14,
-        image_size=518,
-        layerscale_value=1.0,
-    )
-    dinov2_processor = BitImageProcessor(
-        size={"shortest_edge": 256},
-        crop_size={"height": 224, "width": 224},
-        image_mean=IMAGENET_DEFAULT_MEAN,
-        image_std=IMAGENET_DEFAULT_STD,
-        resample=3,
-    )
-    embedders = []
-    for name, model, processor, pool, label in (
-        (CLIP, CLIPModel(clip_config), CLIPImageProcessor(), "clip", "random-clip-vit-base-patch32"),
-        (DINOV2, Dinov2Model(dinov2_config), dinov2_processor, "mean", "random-dinov2-base"),
-    ):
-        model = model.to(device, dtype=TORCH_DTYPES[dtype]).eval()
-        loaded = LoadedModel(model_id=label, revision="seed0", device=device, dtype=dtype)
-        spec = MetricSpec(metric_id(name, label, "seed0"), name, label, "seed0", f"{name} with random weights")
-        embedders.append(ImageEmbedder(spec, model, processor, loaded, pool=pool))
-    return ScorerEngine(
-        embedders,
-        device=device,
-        reference_cache_size=settings.reference_cache_size,
-        ssim_chunk_pixels=settings.ssim_chunk_pixels,
-    )
-
-
-def build_engine(shapes: str, settings: ScorerSettings):
-    if shapes == "real":
-        return real_shaped_engine(settings)
-    from regen.scorer.engine import ScorerEngine
-
-    return ScorerEngine.load(settings)
+    clip_dir, dinov2_dir = folder / "random-clip-vit-base-patch32", folder / "random-dinov2-base"
+    if not (clip_dir / "config.json").exists():
+        torch.manual_seed(0)
+        clip_config = CLIPConfig(
+            text_config={
+                "vocab_size": 49408,
+                "hidden_size": 512,
+                "intermediate_size": 2048,
+                "num_hidden_layers": 12,
+                "num_attention_heads": 8,
+                "max_position_embeddings": 77,
+            },
+            vision_config={
+                "hidden_size": 768,
+                "intermediate_size": 3072,
+                "num_hidden_layers": 12,
+                "num_attention_heads": 12,
+                "image_size": 224,
+                "patch_size": 32,
+            },
+            projection_dim=512,
+        )
+        CLIPModel(clip_config).save_pretrained(clip_dir)
+        CLIPImageProcessor().save_pretrained(clip_dir)
+    if not (dinov2_dir / "config.json").exists():
+        torch.manual_seed(0)
+        dinov2_config = Dinov2Config(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            mlp_ratio=4,
+            patch_size=14,
+            image_size=518,
+            layerscale_value=1.0,
+        )
+        Dinov2Model(dinov2_config).save_pretrained(dinov2_dir)
+        BitImageProcessor(
+            size={"shortest_edge": 256},
+            crop_size={"height": 224, "width": 224},
+            image_mean=IMAGENET_DEFAULT_MEAN,
+            image_std=IMAGENET_DEFAULT_STD,
+            resample=3,
+        ).save_pretrained(dinov2_dir)
+    return {"clip": {"model": str(clip_dir)}, "dinov2": {"model": str(dinov2_dir)}}
 
 
 def make_settings(args: argparse.Namespace) -> ScorerSettings:
     preset = "tiny" if args.shapes == "tiny" else None
-    overrides = {"device": args.device, "max_wait_ms": args.max_wait_ms, "cpu_threads": args.threads}
+    overrides: dict[str, object] = {"device": args.device, "max_wait_ms": args.max_wait_ms, "cpu_threads": args.threads}
     if args.shapes == "tiny" and args.device == "auto":
         overrides["device"] = "cpu"
+    if args.shapes == "real":
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "regen" / "bench-scorer"
+        overrides["metric_options"] = write_real_shaped_models(cache)
     return load_settings(ScorerSettings, preset=preset, **overrides)
 
 
-def serve_child(shapes: str, settings_json: str, port_file: str) -> None:
-    """The gRPC server process: the same engine, behind `run_service` as `regen serve` runs it."""
+def serve_child(settings_json: str, port_file: str) -> None:
+    """The gRPC server process: the same core, behind `run_service` as `regen serve` runs it."""
     from regen.common.serving import run_service
-    from regen.scorer.server import registrations
+    from regen.scorer.grpc_api import build_core, registrations
 
     settings = ScorerSettings.model_validate_json(settings_json)
-    run_service(settings, lambda s: build_engine(shapes, s), registrations, port_file=Path(port_file))
+    run_service(settings, build_core, registrations, port_file=Path(port_file))
 
 
 # ---------------------------------------------------------------- inputs
@@ -188,12 +171,14 @@ async def images_per_second(call: Callable[[], Awaitable[object]], images_per_ca
     return calls * images_per_call / (time.perf_counter() - start)
 
 
-def forward_table(engine, batches: list[int], min_seconds: float) -> list[tuple[str, int, float, float]]:
+def forward_table(core, batches: list[int], min_seconds: float) -> list[tuple[str, int, float, float]]:
     import torch
+
+    from regen.scorer.metrics.embedding import EmbeddingMetric
 
     rows = []
     image = Image.effect_noise((512, 512), 64).convert("RGB")
-    for embedder in engine.embedders:
+    for embedder in [m for m in core.metrics if isinstance(m, EmbeddingMetric)]:
         for batch in batches:
             pixels = embedder.preprocess([image] * batch)
 
@@ -209,18 +194,18 @@ def forward_table(engine, batches: list[int], min_seconds: float) -> list[tuple[
                 run()
                 calls += 1
             elapsed = time.perf_counter() - start
-            rows.append((embedder.spec.checkpoint, batch, calls * batch / elapsed, 1000 * elapsed / calls))
+            rows.append((embedder.info.checkpoint, batch, calls * batch / elapsed, 1000 * elapsed / calls))
     return rows
 
 
-async def end_to_end(args, settings, engine, batches: list[int], address: str | None):
+async def end_to_end(args, settings, core, batches: list[int], address: str | None):
     import grpc
 
-    from regen.common.grpc_server import CoreSlot, channel_options
-    from regen.scorer.scoring import BatchedScorer
+    from regen.common.grpc_server import channel_options
+    from regen.scorer.core import ScorerCore
     from regen.v1 import scorer_pb2, scorer_pb2_grpc
 
-    scorer = BatchedScorer(CoreSlot(engine), settings)
+    scorer = ScorerCore(core.metrics, settings)  # a batcher of its own, in this event loop
     channel = grpc.aio.insecure_channel(address, options=channel_options()) if address else None
     stub = scorer_pb2_grpc.ScorerStub(channel) if channel else None
     reference, candidates = test_images(args.size, max(batches))
@@ -274,13 +259,13 @@ async def end_to_end(args, settings, engine, batches: list[int], address: str | 
     return rows, coalescing
 
 
-def start_server(shapes: str, settings: ScorerSettings) -> tuple[multiprocessing.Process, str]:
+def start_server(settings: ScorerSettings) -> tuple[multiprocessing.Process, str]:
     from regen.orchestrator.launcher import wait_for_serving
 
     port_file = Path(tempfile.mkdtemp(prefix="regen-scorer-bench-")) / "port"
     server_settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0})
     context = multiprocessing.get_context("spawn")
-    proc = context.Process(target=serve_child, args=(shapes, server_settings.model_dump_json(), str(port_file)))
+    proc = context.Process(target=serve_child, args=(server_settings.model_dump_json(), str(port_file)))
     proc.start()
     deadline = time.monotonic() + 300
     while not port_file.exists():
@@ -317,7 +302,9 @@ def main() -> None:
     batches = args.batches or ([1, 8, 32, 64] if device.startswith("cuda") else [1, 8, 32])
     if args.shapes == "real" and not device.startswith("cuda"):
         print("note: no CUDA GPU; real shapes run on the CPU (slow)", file=sys.stderr)
-    engine = build_engine(args.shapes, settings)
+    from regen.scorer.core import ScorerCore
+
+    core = ScorerCore.load(settings)
     gpu = ""
     if device.startswith("cuda"):
         import torch
@@ -328,16 +315,16 @@ def main() -> None:
         f"{args.size}x{args.size} PNG candidates, batcher wait {args.max_wait_ms} ms"
     )
 
-    forward = forward_table(engine, batches, args.min_seconds)
+    forward = forward_table(core, batches, args.min_seconds)
     print_table(
         "model forward only (pixel tensors ready on the device)",
         ("model", "batch", "images/s", "ms/batch"),
         [(model, str(b), f"{ips:,.0f}", f"{ms:.2f}") for model, b, ips, ms in forward],
     )
 
-    proc, address = (None, None) if args.skip_grpc else start_server(args.shapes, settings)
+    proc, address = (None, None) if args.skip_grpc else start_server(settings)
     try:
-        rows, coalescing = asyncio.run(end_to_end(args, settings, engine, batches, address))
+        rows, coalescing = asyncio.run(end_to_end(args, settings, core, batches, address))
     finally:
         if proc is not None:
             proc.terminate()

@@ -39,9 +39,14 @@ def test_empty_config_env_means_no_file(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_default_preset_uses_real_checkpoints() -> None:
+    from regen.scorer.metrics.clip import ClipOptions
+    from regen.scorer.metrics.dinov2 import Dinov2Options
+
     settings = load_settings(ScorerSettings, preset="default")
-    assert settings.clip_model == "openai/clip-vit-base-patch32"
-    assert settings.dinov2_model == "facebook/dinov2-base"
+    assert settings.tiny_models is None and settings.metric_options == {}
+    assert ClipOptions().model == "openai/clip-vit-base-patch32"
+    assert Dinov2Options().model == "facebook/dinov2-base"
+    assert load_settings(GeneratorSettings, preset="default").model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-from PIL import Image, ImageFilter
+from PIL import ImageFilter
 from support.bento_server import post_json, serve_bento
+from support.scenes import scene
 
 from regen.common.grpc_server import channel_options
 from regen.common.images import encode_png
+from regen.scorer.http_api import ScorerInfoBody, ScoresBody
 from regen.v1 import scorer_pb2, scorer_pb2_grpc
 
 
@@ -22,7 +24,7 @@ from regen.v1 import scorer_pb2, scorer_pb2_grpc
 def bento(tiny_models, tmp_path_factory) -> Iterator[tuple[str, str]]:
     workdir = tmp_path_factory.mktemp("scorer-bento")
     extra_env = {"REGEN_SCORER_CPU_THREADS": "1"}
-    with serve_bento("services/scorer/service.py:Scorer", "REGEN_SCORER_PORT", workdir, extra_env) as addresses:
+    with serve_bento("regen.scorer.http_api:Scorer", "REGEN_SCORER_PORT", workdir, extra_env) as addresses:
         yield addresses
 
 
@@ -31,17 +33,18 @@ def b64(data: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_http_and_grpc_give_the_same_scores(bento, evalref: Path) -> None:
+def test_http_and_grpc_give_the_same_scores(bento) -> None:
     http_url, grpc_address = bento
-    reference_img = Image.open(evalref / "scene_2.png").convert("RGB")
+    reference_img = scene("scene_2", (128, 128))
     reference = encode_png(reference_img)
     candidates = [reference, encode_png(reference_img.filter(ImageFilter.GaussianBlur(3)))]
-    candidates.append(encode_png(Image.open(evalref / "portrait_2.png")))
+    candidates.append(encode_png(scene("portrait_2", (128, 128))))
 
     status, body = post_json(
         f"{http_url}/score", {"reference_png": b64(reference), "candidate_pngs": [b64(c) for c in candidates]}
     )
     assert status == 200, body
+    ScoresBody.model_validate(body)
     over_http = [c["scores"] for c in body["candidates"]]
     assert [c["index"] for c in body["candidates"]] == [0, 1, 2]
 
@@ -63,8 +66,41 @@ def test_http_and_grpc_give_the_same_scores(bento, evalref: Path) -> None:
         f"{http_url}/score", {"reference_png": b64(reference), "candidate_pngs": [b64(reference), b64(b"")]}
     )
     assert status == 400
-    assert "candidate 1: empty (0 bytes)" in json.dumps(body)
+    assert body["error"]["status"] == "INVALID_ARGUMENT"
+    assert body["error"]["message"].startswith("candidate 1: empty (0 bytes)")
     status, info = post_json(f"{http_url}/info", {})
     assert status == 200
+    ScorerInfoBody.model_validate(info)
+    assert {m["higher_is_better"] for m in info["metrics"]} == {True}
     assert {m["id"] for m in info["metrics"]} == set(over_grpc[0])
     assert info["server"]["items"] >= 5  # both adapters fed the same batcher
+
+
+def test_unknown_fields_and_bad_values_get_one_error_shape(bento) -> None:
+    http_url, _ = bento
+    reference = b64(encode_png(scene("object_1", (32, 32))))
+    status, body = post_json(
+        f"{http_url}/score", {"reference_png": reference, "candidate_pngs": [reference], "metricz": []}
+    )
+    assert status == 400
+    assert body["error"]["status"] == "INVALID_ARGUMENT" and "metricz" in body["error"]["message"]
+    [violations] = body["error"]["details"]
+    assert violations["fieldViolations"][0]["field"] == "metricz"
+
+    status, body = post_json(f"{http_url}/score", {"reference_png": "not base64!", "candidate_pngs": [reference]})
+    assert status == 400 and body["error"]["message"].startswith("reference_png: not valid base64")
+
+    status, body = post_json(f"{http_url}/score", {"reference_png": reference, "candidate_pngs": [reference] * 65})
+    assert status == 429 and body["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+def test_the_openapi_example_works_as_is(bento) -> None:
+    http_url, _ = bento
+    with urllib.request.urlopen(f"{http_url}/docs.json", timeout=30) as reply:
+        spec = json.loads(reply.read())
+    schema = spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    status, body = post_json(f"{http_url}/score", schema["example"])
+    assert status == 200, body
+    assert len(ScoresBody.model_validate(body).candidates) == len(schema["example"]["candidate_pngs"])

@@ -16,30 +16,30 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from regen.common.grpc_server import CoreSlot  # noqa: E402
+from support.scenes import scene  # noqa: E402
+
 from regen.common.images import encode_png  # noqa: E402
 from regen.common.settings import load_settings  # noqa: E402
-from regen.scorer.engine import ScorerEngine  # noqa: E402
-from regen.scorer.metrics import SSIM_ID  # noqa: E402
-from regen.scorer.scoring import BatchedScorer  # noqa: E402
+from regen.scorer.core import ScorerCore  # noqa: E402
+from regen.scorer.metrics.ssim import SSIM_ID  # noqa: E402
 from regen.scorer.settings import ScorerSettings  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module", params=["float16", "float32"])
-def scorer(request) -> BatchedScorer:
+def scorer(request) -> ScorerCore:
     from regen.tiny_models import build_all
 
     build_all(Path(os.environ["REGEN_TINY_MODELS"]), only=["clip", "dinov2"])  # no diffusers needed
     settings = load_settings(ScorerSettings, preset="tiny", device="cuda", dtype=request.param)
-    engine = ScorerEngine.load(settings)
-    assert {m.dtype for m in engine.models} == {request.param}
-    return BatchedScorer(CoreSlot(engine), settings)
+    core = ScorerCore.load(settings)
+    assert {m.dtype for m in core.describe().models} == {request.param}
+    return core
 
 
-def images(evalref: Path) -> list[Image.Image]:
-    return [Image.open(evalref / f"{name}.png").convert("RGB") for name in ("portrait_1", "scene_1")]
+def images() -> list[Image.Image]:
+    return [scene(name, (512, 512)) for name in ("portrait_1", "scene_1")]
 
 
 def variants(img: Image.Image) -> list[Image.Image]:
@@ -51,10 +51,10 @@ def variants(img: Image.Image) -> list[Image.Image]:
     ]
 
 
-def test_gpu_scores(scorer: BatchedScorer, evalref: Path) -> None:
+def test_gpu_scores(scorer: ScorerCore) -> None:
     dtype = scorer.describe().models[0].dtype
     tolerance = 1e-4 if dtype == "float32" else 5e-3
-    for reference in images(evalref):
+    for reference in images():
         candidates = [reference, *variants(reference)]
         pngs = [encode_png(c) for c in candidates]
         batched = asyncio.run(scorer.score(pngs[0], pngs))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from support.scenes import scene
 
 from regen.common.grpc_server import channel_options
 from regen.common.images import encode_png
@@ -46,8 +46,9 @@ def noise_png(seed: int, side: int = 512) -> bytes:
     return encode_png(Image.fromarray(pixels))
 
 
-def evalref_png(evalref: Path, name: str) -> bytes:
-    return encode_png(Image.open(evalref / f"{name}.png"))
+def scene_png(name: str) -> bytes:
+    """A test-made 512x512 reference (tests/support/scenes.py)."""
+    return encode_png(scene(name, (512, 512)))
 
 
 def test_more_candidates_than_allowed_is_resource_exhausted(stub) -> None:
@@ -58,7 +59,7 @@ def test_more_candidates_than_allowed_is_resource_exhausted(stub) -> None:
     assert f"{MAX_CANDIDATES + 1} candidates exceeds this scorer's limit of {MAX_CANDIDATES}" in err.value.details()
 
 
-def test_message_over_the_size_limit_is_refused_by_grpc(stub, evalref: Path) -> None:
+def test_message_over_the_size_limit_is_refused_by_grpc(stub) -> None:
     images = [noise_png(seed) for seed in range(5)]
     assert sum(map(len, images)) > MAX_MESSAGE_BYTES
     with pytest.raises(grpc.RpcError) as err:
@@ -66,13 +67,13 @@ def test_message_over_the_size_limit_is_refused_by_grpc(stub, evalref: Path) -> 
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in err.value.details()
     # The server is unharmed and still scores a request within the limit.
-    reference = evalref_png(evalref, "scene_1")
+    reference = scene_png("scene_1")
     reply = stub.Score(request(reference, [reference], ("clip",)), timeout=60)
     assert len(reply.candidates) == 1
 
 
-def test_image_over_the_pixel_limit_is_refused_before_decoding(stub, evalref: Path) -> None:
-    reference = evalref_png(evalref, "scene_1")
+def test_image_over_the_pixel_limit_is_refused_before_decoding(stub) -> None:
+    reference = scene_png("scene_1")
     big = encode_png(Image.new("RGB", (700, 700), (255, 255, 255)))
     with pytest.raises(grpc.RpcError) as err:
         stub.Score(request(reference, [reference, big]), timeout=60)
@@ -82,9 +83,9 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(stub, evalref: Pa
     )
 
 
-def test_request_pixel_budget_counts_ssim_resizes(stub, evalref: Path) -> None:
-    reference = evalref_png(evalref, "portrait_1")
-    candidates = [evalref_png(evalref, name) for name in ("portrait_2", "object_1", "scene_1", "complex_1")]
+def test_request_pixel_budget_counts_ssim_resizes(stub) -> None:
+    reference = scene_png("portrait_1")
+    candidates = [scene_png(name) for name in ("portrait_2", "object_1", "scene_1", "complex_1")]
     # With SSIM each 512x512 candidate also gets a reference-sized copy: 9 x 262144 pixels.
     with pytest.raises(grpc.RpcError) as err:
         stub.Score(request(reference, candidates), timeout=60)

@@ -1,8 +1,8 @@
 """Reference images the tests make themselves, so that no test needs a downloaded
 dataset (only the tests of EvalRef-100 itself read its files).
 
-Each scene is drawn deterministically from its name: a two-colour gradient background
-and a few filled shapes, different per category, so that images differ from each other
+Each scene is drawn deterministically from its name: a two-colour gradient background,
+a few filled shapes, different per category, and a fine grain, so that images differ from each other
 in colour, layout and structure, as real references do. The same name always gives the
 same bytes.
 """
@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 # Four categories, as in EvalRef-100; two scenes each.
@@ -57,7 +58,9 @@ def scene(name: str, size: tuple[int, int] = SIZE) -> Image.Image:
             draw.rectangle([x0, y0, x1, y1], fill=_colour(rng))
     if prefix == "scene":
         image = image.filter(ImageFilter.GaussianBlur(1.5))
-    return image
+    # Fine grain, as photographs have: no region is perfectly flat.
+    grain = np.random.default_rng(rng.randrange(2**32)).integers(-12, 13, size=(height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8), "RGB")
 
 
 def png(image: Image.Image) -> bytes:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from regen.tiny_models import MODEL_NAMES, build_all, build_models, cli_main, main, read_manifest
 from regen.tiny_models import build as build_mod
+from regen.tiny_models import build_all, build_models, cli_main, main, model_names, model_specs, read_manifest
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -41,13 +41,13 @@ def _image(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
 
 
 def test_build_all_layout(built: dict[str, Path]) -> None:
-    assert set(built) == {"clip", "dinov2", "stable-diffusion", "qwen2.5-vl"} == set(MODEL_NAMES)
+    assert set(built) == {"clip", "dinov2", "stable-diffusion", "qwen2.5-vl"} == set(model_names())
     out = next(iter(built.values())).parent
     manifest = read_manifest(out)
     for name, path in built.items():
         assert path == out / name and path.is_dir()
         entry = manifest["models"][name]
-        assert entry["builder_version"] == build_mod.MODELS[name].version and entry["seed"] == 0
+        assert entry["builder_version"] == model_specs()[name].version and entry["seed"] == 0
         assert entry["files"] == build_mod.file_hashes(path)
         assert any(f.endswith(".safetensors") for f in entry["files"])
         assert 10_000 < entry["size_bytes"] < 16_000_000, (name, entry["size_bytes"])
@@ -182,7 +182,7 @@ def test_builds_are_deterministic(built: dict[str, Path], tmp_path: Path) -> Non
     first = read_manifest(next(iter(built.values())).parent)["models"]
     build_all(tmp_path / "b")
     second = read_manifest(tmp_path / "b")["models"]
-    for name in MODEL_NAMES:
+    for name in model_names():
         assert first[name]["files"] == second[name]["files"], name
     build_all(tmp_path / "c", seed=1, only=["dinov2"])
     other = read_manifest(tmp_path / "c")["models"]["dinov2"]["files"]
@@ -218,8 +218,9 @@ def test_current_models_are_skipped_and_stale_ones_rebuilt(tmp_path: Path, monke
     assert read_manifest(tmp_path)["models"]["dinov2"]["files"] == build_mod.file_hashes(tmp_path / "dinov2")
 
     assert build_models(tmp_path, only=["dinov2"], seed=3)[0].built  # another seed is another model
-    bumped = build_mod.ModelSpec("dinov2", "regen.tiny_models.dinov2", build_mod.MODELS["dinov2"].version + 1)
-    monkeypatch.setitem(build_mod.MODELS, "dinov2", bumped)
+    current = model_specs()["dinov2"]
+    bumped = build_mod.ModelSpec("dinov2", current.builder, current.version + 1)
+    monkeypatch.setattr(build_mod, "model_specs", lambda: {"dinov2": bumped})
     assert build_models(tmp_path, only=["dinov2"], seed=3)[0].built  # new builder version
     assert read_manifest(tmp_path)["models"]["dinov2"]["builder_version"] == bumped.version
 
@@ -228,26 +229,26 @@ def test_current_models_are_skipped_and_stale_ones_rebuilt(tmp_path: Path, monke
 
 
 def test_interrupted_build_leaves_no_half_written_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import regen.tiny_models.dinov2 as dinov2
+    from regen.scorer.metrics.dinov2 import Dinov2Metric
 
-    real_build = dinov2.build
+    real_build = Dinov2Metric.build_tiny
 
     def crashing_build(out: Path, seed: int) -> None:
         real_build(out, seed)
         (out / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dinov2, "build", crashing_build)
+    monkeypatch.setattr(Dinov2Metric, "build_tiny", crashing_build)
     with pytest.raises(KeyboardInterrupt):
         build_all(tmp_path / "fresh", only=["dinov2"])
     assert not (tmp_path / "fresh" / "dinov2").exists()
     assert "dinov2" not in read_manifest(tmp_path / "fresh")["models"]
     assert not list((tmp_path / "fresh").glob(".dinov2.*"))
 
-    monkeypatch.setattr(dinov2, "build", real_build)
+    monkeypatch.setattr(Dinov2Metric, "build_tiny", real_build)
     build_all(tmp_path / "old", only=["dinov2"])
     before = build_mod.file_hashes(tmp_path / "old" / "dinov2")
-    monkeypatch.setattr(dinov2, "build", crashing_build)
+    monkeypatch.setattr(Dinov2Metric, "build_tiny", crashing_build)
     with pytest.raises(KeyboardInterrupt):
         build_all(tmp_path / "old", only=["dinov2"], force=True)
     assert build_mod.file_hashes(tmp_path / "old" / "dinov2") == before  # old model untouched
@@ -256,7 +257,7 @@ def test_interrupted_build_leaves_no_half_written_model(tmp_path: Path, monkeypa
 
     (tmp_path / "stray" / "dinov2").mkdir(parents=True)  # a folder the manifest doesn't vouch for
     (tmp_path / "stray" / "dinov2" / "config.json").write_text("{}")
-    monkeypatch.setattr(dinov2, "build", real_build)
+    monkeypatch.setattr(Dinov2Metric, "build_tiny", real_build)
     assert build_models(tmp_path / "stray", only=["dinov2"])[0].built
     assert (tmp_path / "stray" / "dinov2" / "model.safetensors").stat().st_size > 1000
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from regen.v1 import common_pb2 as regen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15regen/v1/scorer.proto\x12\x08regen.v1\x1a\x15regen/v1/common.proto\"`\n\nMetricInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x12\n\ndefinition\x18\x05 \x01(\t\"\x96\x01\n\nScorerInfo\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.regen.v1.ModelInfo\x12$\n\x06server\x18\x02 \x01(\x0b\x32\x14.regen.v1.ServerInfo\x12%\n\x07metrics\x18\x03 \x03(\x0b\x32\x14.regen.v1.MetricInfo\x12\x16\n\x0emax_candidates\x18\x04 \x01(\x05\"N\n\x0cScoreRequest\x12\x15\n\rreference_png\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x61ndidate_pngs\x18\x02 \x03(\x0c\x12\x0f\n\x07metrics\x18\x03 \x03(\t\"\x86\x01\n\x0f\x43\x61ndidateScores\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x35\n\x06scores\x18\x02 \x03(\x0b\x32%.regen.v1.CandidateScores.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\rScoreResponse\x12-\n\ncandidates\x18\x01 \x03(\x0b\x32\x19.regen.v1.CandidateScores2w\n\x06Scorer\x12\x33\n\x04Info\x12\x15.regen.v1.InfoRequest\x1a\x14.regen.v1.ScorerInfo\x12\x38\n\x05Score\x12\x16.regen.v1.ScoreRequest\x1a\x17.regen.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15regen/v1/scorer.proto\x12\x08regen.v1\x1a\x15regen/v1/common.proto\"\x94\x01\n\nMetricInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x12\n\ndefinition\x18\x05 \x01(\t\x12\x1d\n\x10higher_is_better\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x13\n\x11_higher_is_better\"\x96\x01\n\nScorerInfo\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.regen.v1.ModelInfo\x12$\n\x06server\x18\x02 \x01(\x0b\x32\x14.regen.v1.ServerInfo\x12%\n\x07metrics\x18\x03 \x03(\x0b\x32\x14.regen.v1.MetricInfo\x12\x16\n\x0emax_candidates\x18\x04 \x01(\x05\"N\n\x0cScoreRequest\x12\x15\n\rreference_png\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x61ndidate_pngs\x18\x02 \x03(\x0c\x12\x0f\n\x07metrics\x18\x03 \x03(\t\"\x86\x01\n\x0f\x43\x61ndidateScores\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x35\n\x06scores\x18\x02 \x03(\x0b\x32%.regen.v1.CandidateScores.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\rScoreResponse\x12-\n\ncandidates\x18\x01 \x03(\x0b\x32\x19.regen.v1.CandidateScores2w\n\x06Scorer\x12\x33\n\x04Info\x12\x15.regen.v1.InfoRequest\x1a\x14.regen.v1.ScorerInfo\x12\x38\n\x05Score\x12\x16.regen.v1.ScoreRequest\x1a\x17.regen.v1.ScoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CANDIDATESCORES_SCORESENTRY']._loaded_options = None
   _globals['_CANDIDATESCORES_SCORESENTRY']._serialized_options = b'8\001'
-  _globals['_METRICINFO']._serialized_start=58
-  _globals['_METRICINFO']._serialized_end=154
-  _globals['_SCORERINFO']._serialized_start=157
-  _globals['_SCORERINFO']._serialized_end=307
-  _globals['_SCOREREQUEST']._serialized_start=309
-  _globals['_SCOREREQUEST']._serialized_end=387
-  _globals['_CANDIDATESCORES']._serialized_start=390
-  _globals['_CANDIDATESCORES']._serialized_end=524
-  _globals['_CANDIDATESCORES_SCORESENTRY']._serialized_start=479
-  _globals['_CANDIDATESCORES_SCORESENTRY']._serialized_end=524
-  _globals['_SCORERESPONSE']._serialized_start=526
-  _globals['_SCORERESPONSE']._serialized_end=588
-  _globals['_SCORER']._serialized_start=590
-  _globals['_SCORER']._serialized_end=709
+  _globals['_METRICINFO']._serialized_start=59
+  _globals['_METRICINFO']._serialized_end=207
+  _globals['_SCORERINFO']._serialized_start=210
+  _globals['_SCORERINFO']._serialized_end=360
+  _globals['_SCOREREQUEST']._serialized_start=362
+  _globals['_SCOREREQUEST']._serialized_end=440
+  _globals['_CANDIDATESCORES']._serialized_start=443
+  _globals['_CANDIDATESCORES']._serialized_end=577
+  _globals['_CANDIDATESCORES_SCORESENTRY']._serialized_start=532
+  _globals['_CANDIDATESCORES_SCORESENTRY']._serialized_end=577
+  _globals['_SCORERESPONSE']._serialized_start=579
+  _globals['_SCORERESPONSE']._serialized_end=641
+  _globals['_SCORER']._serialized_start=643
+  _globals['_SCORER']._serialized_end=762
 # @@protoc_insertion_point(module_scope)

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MetricInfo(_message.Message):
-    __slots__ = ("id", "name", "checkpoint", "revision", "definition")
+    __slots__ = ("id", "name", "checkpoint", "revision", "definition", "higher_is_better")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     checkpoint: str
     revision: str
     definition: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., checkpoint: _Optional[str] = ..., revision: _Optional[str] = ..., definition: _Optional[str] = ...) -> None: ...
+    higher_is_better: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., checkpoint: _Optional[str] = ..., revision: _Optional[str] = ..., definition: _Optional[str] = ..., higher_is_better: _Optional[bool] = ...) -> None: ...
 
 class ScorerInfo(_message.Message):
     __slots__ = ("models", "server", "metrics", "max_candidates")

@@ -140,6 +140,11 @@ class ErrorShapeMiddleware:
         await self.app(scope, receive, capture)
 
 
+def use_error_shape(service: Any) -> None:
+    """Register ErrorShapeMiddleware on a @bentoml.service class."""
+    service.add_asgi_middleware(ErrorShapeMiddleware)
+
+
 async def _send_normalised(send: Callable, start: dict, body: bytes) -> None:
     try:
         replacement = _normalised(start["status"], json.loads(body))
@@ -174,6 +179,39 @@ def b64decode_field(text: str, what: str) -> bytes:
 def stats_json(stats: Any) -> dict[str, Any]:
     """Batching statistics (anything with busy_s, batches and items)."""
     return {"busy_s": stats.busy_s, "batches": stats.batches, "items": stats.items}
+
+
+class ModelBody(StrictModel):
+    """A loaded model's identity (regen.v1.ModelInfo)."""
+
+    model_id: str
+    revision: str
+    backend: str
+    device: str
+    dtype: str
+
+    @classmethod
+    def of(cls, model: Any, backend: str | None = None) -> ModelBody:
+        """From anything with model_id, revision, device, dtype (and backend, unless given)."""
+        return cls(
+            model_id=model.model_id,
+            revision=model.revision,
+            backend=backend if backend is not None else model.backend,
+            device=model.device,
+            dtype=model.dtype,
+        )
+
+
+class ServerStatsBody(StrictModel):
+    """What the model worker has done since the server started."""
+
+    busy_s: float
+    batches: int
+    items: int
+
+    @classmethod
+    def of(cls, stats: Any) -> ServerStatsBody:
+        return cls(busy_s=stats.busy_s, batches=stats.batches, items=stats.items)
 
 
 async def start_grpc(

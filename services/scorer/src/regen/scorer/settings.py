@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -16,27 +16,26 @@ class ScorerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="REGEN_SCORER_", env_nested_delimiter="__", extra="forbid")
 
     port: int = Field(50053, ge=0, le=65535)
-    clip_model: str = "openai/clip-vit-base-patch32"
-    clip_revision: str | None = None
-    dinov2_model: str = "facebook/dinov2-base"
-    dinov2_revision: str | None = None
-    dinov2_pooling: Literal["mean", "cls"] = "mean"
+    # Metrics to serve, by registry name (regen.scorer.metrics); empty: every registered one.
+    metrics: list[str] = Field(default_factory=list)
+    # Each metric's own options, by name, checked by the metric's Options model, e.g.
+    # {"clip": {"model": "openai/clip-vit-large-patch14", "revision": "<commit>"},
+    #  "dinov2": {"pooling": "cls"}, "ssim": {"chunk_pixels": 4194304}}.
+    metric_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Where `regen tiny-models` built the tiny models: metrics that have one use it unless
+    # their options name another model (set by the tiny preset).
+    tiny_models: Path | None = None
     max_batch: int = Field(64, ge=1)
     max_candidates: int = Field(64, ge=1)
     reference_cache_size: int = Field(512, ge=0)
-    # Embed every image on its own (batch of one), so a score never depends on what
-    # else shared its forward pass: bit-exact reproducible runs at some throughput cost.
+    # Compute every pair on its own (batch of one), so a score never depends on what
+    # else shared its batch: bit-exact reproducible runs at some throughput cost.
     batch_invariant: bool = False
-    # Decoded pixels one Score request may occupy (reference + candidates + candidates
-    # resized for SSIM); larger requests get RESOURCE_EXHAUSTED before any decoding.
+    # Decoded pixels one Score request may occupy (reference, candidates, and what the
+    # metrics make of them, e.g. SSIM's resized candidates); larger requests get
+    # RESOURCE_EXHAUSTED before any decoding.
     max_request_pixels: int = Field(256 * 1024 * 1024, ge=1)
-    # Pixels per SSIM chunk: bounds SSIM's working memory (~60 bytes per pixel).
-    ssim_chunk_pixels: int = Field(4 * 1024 * 1024, ge=1)
 
     @classmethod
     def tiny_preset(cls, models: Path) -> dict[str, Any]:
-        return super().tiny_preset(models) | {
-            "clip_model": str(models / "clip"),
-            "dinov2_model": str(models / "dinov2"),
-            "batch_invariant": True,
-        }
+        return super().tiny_preset(models) | {"tiny_models": str(models), "batch_invariant": True}

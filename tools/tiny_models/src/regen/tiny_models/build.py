@@ -2,7 +2,8 @@
 
 Layout of `out_dir`:
 
-    clip/  dinov2/  stable-diffusion/  qwen2.5-vl/   one `save_pretrained` folder each
+    clip/  dinov2/  stable-diffusion/  qwen2.5-vl/   one `save_pretrained` folder each (the scorer's
+                                                     metrics' models come from its metric registry)
     manifest.json                                    builder version, seed, sha256 per file
     .lock                                            serialises concurrent builders
 
@@ -22,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -36,21 +37,36 @@ LOCK = ".lock"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # folder name under out_dir
-    module: str  # module with `build(out: Path, seed: int) -> None`
-    version: int  # bump when that module's output changes; stale folders are rebuilt
+    builder: str  # "module:attribute" of `build(out: Path, seed: int) -> None`
+    version: int  # bump when the builder's output changes; stale folders are rebuilt
 
 
-# Versions live here, not in the model modules, so deciding what is current needs no torch.
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("clip", "regen.tiny_models.clip", 2),
-        ModelSpec("dinov2", "regen.tiny_models.dinov2", 1),
-        ModelSpec("stable-diffusion", "regen.tiny_models.stable_diffusion", 1),
-        ModelSpec("qwen2.5-vl", "regen.tiny_models.qwen_vl", 2),
-    )
-}
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+# The generator's and the describer's tiny models; the scorer's come from its metric
+# registry (each metric with a model says how to build its tiny one).
+BUILT_IN: tuple[ModelSpec, ...] = (
+    ModelSpec("stable-diffusion", "regen.tiny_models.stable_diffusion:build", 1),
+    ModelSpec("qwen2.5-vl", "regen.tiny_models.qwen_vl:build", 2),
+)
+
+
+def model_specs() -> dict[str, ModelSpec]:
+    """Every tiny model by name: the scorer's metrics' first, then the built-in ones.
+    Computed on use, so that importing this package imports no torch."""
+    specs: dict[str, ModelSpec] = {}
+    try:
+        from regen.scorer.metrics import REGISTRY
+    except ImportError:  # the scorer is not installed here
+        return {spec.name: spec for spec in BUILT_IN}
+    for name in REGISTRY.names():
+        metric = REGISTRY.load(name)
+        if metric.tiny_version:
+            builder = f"{metric.__module__}:{metric.__qualname__}.build_tiny"
+            specs[name] = ModelSpec(name, builder, metric.tiny_version)
+    return specs | {spec.name: spec for spec in BUILT_IN}
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(model_specs())
 
 
 @dataclass(frozen=True)
@@ -81,14 +97,15 @@ def build_models(
     force: bool = False,
 ) -> list[BuildResult]:
     """Like `build_all`, with what was done for each model."""
-    names = _select(only)
+    specs = model_specs()
+    names = _select(only, specs)
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = []
     with _locked(out):
         manifest = read_manifest(out)
         for name in names:
-            spec = MODELS[name]
+            spec = specs[name]
             target = out / name
             start = time.perf_counter()
             entry = manifest["models"].get(name)
@@ -130,20 +147,23 @@ def file_hashes(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
 
 
-def _select(only: Iterable[str] | None) -> list[str]:
+def _select(only: Iterable[str] | None, specs: dict[str, ModelSpec]) -> list[str]:
     if only is None:
-        return list(MODEL_NAMES)
+        return list(specs)
     if isinstance(only, str):
         only = [only]
     wanted = list(dict.fromkeys(only))
-    unknown = [n for n in wanted if n not in MODELS]
+    unknown = [n for n in wanted if n not in specs]
     if unknown:
-        raise ValueError(f"unknown tiny model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"unknown tiny model(s) {', '.join(unknown)}; choose from {', '.join(specs)}")
     return wanted
 
 
 def _build_one(spec: ModelSpec, out: Path, seed: int) -> dict[str, Any]:
-    build: Callable[[Path, int], None] = importlib.import_module(spec.module).build
+    module_name, _, attribute = spec.builder.partition(":")
+    build: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        build = getattr(build, part)
     _remove_stale_temps(out, spec.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".tmp", dir=out))
     try:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from regen.tiny_models.build import MODEL_NAMES, BuildResult, build_models
+from regen.tiny_models.build import BuildResult, build_models, model_names
 
 
 def default_out_dir() -> Path:
@@ -52,9 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="target folder (default: REGEN_TINY_MODELS or ~/.cache/regen/tiny-models)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even models that are current")
-    parser.add_argument(
-        "--only", nargs="+", choices=MODEL_NAMES, metavar="NAME", help=f"some of: {', '.join(MODEL_NAMES)}"
-    )
+    names = model_names()
+    parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"some of: {', '.join(names)}")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
     args = parser.parse_args(argv)
     return cli_main(args.out, force=args.force, only=args.only, seed=args.seed)

@@ -14,6 +14,7 @@ patches → 4 image tokens; a 512×512 one is scaled to 112×112 = 8×8 patches 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -57,7 +58,7 @@ CHAT_TEMPLATE = (
 
 
 # Images and video frames are cut into the same patches.
-VISION_PATCHING = {
+VISION_PATCHING: dict[str, Any] = {
     "min_pixels": MIN_PIXELS,
     "max_pixels": MAX_PIXELS,
     "patch_size": PATCH_SIZE,

@@ -157,7 +157,7 @@ def clip_tokenizer() -> CLIPTokenizer:
     vocab, merges = clip_vocab_and_merges()
     return CLIPTokenizer(
         vocab=dict(vocab),
-        merges=list(merges),
+        merges=list(merges),  # type: ignore[arg-type]  # tuples: "a b" strings fail at run time
         bos_token=CLIP_BOS,
         eos_token=CLIP_EOS,
         unk_token=CLIP_EOS,
@@ -170,8 +170,8 @@ def qwen_tokenizer(chat_template: str | None = None) -> Qwen2Tokenizer:
     vocab, merges = qwen_vocab_and_merges()
     tok = Qwen2Tokenizer(
         vocab=dict(vocab),
-        merges=list(merges),
-        unk_token=None,
+        merges=list(merges),  # type: ignore[arg-type]  # tuples: "a b" strings fail at run time
+        unk_token=None,  # type: ignore[arg-type]  # byte-level BPE has no unknown token
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",

@@ -1,0 +1,73 @@
+"""The gRPC adapter: regen.v1.Scorer over a ScorerCore, and `regen serve scorer`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from regen.common.grpc_server import CoreSlot, Registration, grpc_errors
+from regen.common.identity import server_info
+from regen.common.serving import run_service
+from regen.common.settings import load_settings
+from regen.scorer.core import ScorerCore, ScorerDescription
+from regen.scorer.settings import ScorerSettings
+from regen.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
+
+SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
+LIBRARIES = ("torch", "transformers", "torchmetrics", "pillow")
+
+
+def info_message(description: ScorerDescription) -> scorer_pb2.ScorerInfo:
+    return scorer_pb2.ScorerInfo(
+        models=[
+            common_pb2.ModelInfo(
+                model_id=m.model_id, revision=m.revision, backend="transformers", device=m.device, dtype=m.dtype
+            )
+            for m in description.models
+        ],
+        server=server_info(description.stats, *LIBRARIES),
+        metrics=[
+            scorer_pb2.MetricInfo(
+                id=m.id,
+                name=m.name,
+                checkpoint=m.checkpoint,
+                revision=m.revision,
+                definition=m.definition,
+                higher_is_better=m.higher_is_better,
+            )
+            for m in description.metrics
+        ],
+        max_candidates=description.max_candidates,
+    )
+
+
+class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
+    def __init__(self, slot: CoreSlot[ScorerCore]) -> None:
+        self._slot = slot
+
+    @grpc_errors
+    async def Info(self, request: common_pb2.InfoRequest, context: Any) -> scorer_pb2.ScorerInfo:
+        return info_message(self._slot.get().describe())
+
+    @grpc_errors
+    async def Score(self, request: scorer_pb2.ScoreRequest, context: Any) -> scorer_pb2.ScoreResponse:
+        results = await self._slot.get().score(request.reference_png, request.candidate_pngs, request.metrics)
+        return scorer_pb2.ScoreResponse(
+            candidates=[scorer_pb2.CandidateScores(index=i, scores=scores) for i, scores in enumerate(results)]
+        )
+
+
+def build_core(settings: ScorerSettings) -> ScorerCore:
+    return ScorerCore.load(settings)
+
+
+def registrations(slot: CoreSlot[ScorerCore], settings: ScorerSettings) -> list[Registration]:
+    return [Registration(scorer_pb2_grpc.add_ScorerServicer_to_server, ScorerServicer(slot), SERVICE_NAME)]
+
+
+def serve(
+    *, port_file: Path | None = None, preset: str | None = None, config_file: str | Path | None = None, **overrides: Any
+) -> None:
+    """`regen serve scorer`: bind, load the metrics, serve until SIGTERM."""
+    settings = load_settings(ScorerSettings, preset=preset, config_file=config_file, **overrides)
+    run_service(settings, build_core, registrations, port_file=port_file, close_core=lambda core: core.close())
