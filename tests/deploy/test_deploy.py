@@ -115,10 +115,10 @@ def test_service_dockerfiles_match_their_service(name: str) -> None:
     port = SERVICE_PORTS[name]
     assert f"REGEN_{name.upper()}_PORT={port}" in dockerfile
     assert f"EXPOSE 3000 {port}" in dockerfile
-    target = re.search(r'"service:(\w+)"', dockerfile)
-    assert target, "CMD must serve service.py's BentoML class"
-    service_py = (REPO_ROOT / "services" / name / "service.py").read_text()
-    assert re.search(rf"@bentoml\.service\([^)]*\)\s*\nclass {target.group(1)}\b", service_py)
+    target = re.search(rf'"regen\.{name}\.http_api:(\w+)"', dockerfile)
+    assert target, f"CMD must serve regen.{name}.http_api's BentoML class"
+    http_api = (REPO_ROOT / "services" / name / "src" / "regen" / name / "http_api.py").read_text()
+    assert re.search(rf"@bentoml\.service\([^)]*\)\s*\nclass {target.group(1)}\b", http_api)
 
 
 def test_tiny_compose_override_stays_on_loopback(tmp_path: Path) -> None:
