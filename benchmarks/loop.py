@@ -40,12 +40,12 @@ except ModuleNotFoundError:  # a source checkout: use its src folders, here and 
 
 from regen.common.settings import tiny_models_dir
 from regen.orchestrator.clients import Clients
-from regen.orchestrator.config import RetryPolicy, RunConfig
 from regen.orchestrator.dataset import Case, load_reference_png, resolve_dataset
 from regen.orchestrator.launcher import SERVICES, LocalServices
 from regen.orchestrator.runner import embedded_env, ensure_tiny_models
 from regen.orchestrator.runner import run as run_orchestrator
 from regen.orchestrator.seeds import candidate_seed, variants_seed
+from regen.orchestrator.settings import OrchestratorSettings, RetryPolicy
 from regen.v1 import generator_pb2
 
 SELECTION = {"clip": 0.5, "dinov2": 0.5}
@@ -102,7 +102,7 @@ async def paper_style(addresses: dict[str, str], cases: list[Case], args) -> tup
 
 
 def orchestrated(addresses: dict[str, str], args, out: Path) -> tuple[float, dict]:
-    config = RunConfig(
+    settings = OrchestratorSettings(
         dataset=args.dataset,
         out=out,
         limit=args.cases,
@@ -113,7 +113,7 @@ def orchestrated(addresses: dict[str, str], args, out: Path) -> tuple[float, dic
         progress="none",
         **addresses,
     )
-    summary = run_orchestrator(config)
+    summary = run_orchestrator(settings)
     services = summary.benchmark["timings"]["services"]
     return summary.benchmark["timings"]["cases_wall_s"], {
         n: (services[n]["busy_s"], int(services[n]["batches"]), int(services[n]["items"])) for n in SERVICES
@@ -122,7 +122,7 @@ def orchestrated(addresses: dict[str, str], args, out: Path) -> tuple[float, dic
 
 def fresh_services(args, cache_root: Path):
     env = {
-        **embedded_env(RunConfig(dataset=args.dataset, preset=args.preset)),
+        **embedded_env(args.preset),
         # Each mode must compute every describer answer itself.
         "REGEN_DESCRIBER_CACHE_ENABLED": "false",
         # The tiny preset renders and scores one image per forward pass for bit-exact

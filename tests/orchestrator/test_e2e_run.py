@@ -1,4 +1,4 @@
-"""`regen run` end to end: tiny models, real services, EvalRef-100.
+"""`regen run` end to end: tiny models, real services, the test-made reference scenes.
 
 Most tests use the session's three services (conftest fixtures) through
 `--describer/--generator/--scorer`; one test runs the embedded default, which starts
@@ -27,7 +27,7 @@ from support.heavy_imports import run_regen_cli
 
 pytestmark = pytest.mark.slow
 
-CASES = ["complex_1", "portrait_1", "object_1", "scene_1"]  # --limit 4: one per category
+CASES = ["complex_1", "portrait_1", "scene_1", "object_1"]  # --limit 4: one per category
 METRICS = ("clip", "dinov2", "ssim", "selection", "judge_content", "judge_quality", "judge_mean")
 
 
@@ -37,8 +37,8 @@ def addresses(describer_address, generator_address, scorer_address) -> list[str]
 
 
 @pytest.fixture(scope="module")
-def env(evalref) -> dict[str, str]:
-    return {**os.environ, "REGEN_EVALREF_DIR": str(evalref)}
+def env() -> dict[str, str]:
+    return dict(os.environ)
 
 
 def _regen(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -47,11 +47,11 @@ def _regen(args: list[str], env: dict[str, str], timeout: float = 900) -> subpro
     )
 
 
-def _run_args(out: Path, *extra: str) -> list[str]:
+def _run_args(dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
         "run",
         "--dataset",
-        "evalref-100",
+        str(dataset),
         "--preset",
         "tiny",
         "--limit",
@@ -76,10 +76,10 @@ def _numbers(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, addresses, env) -> Path:
+def full_run(tmp_path_factory, scene_dataset, addresses, env) -> Path:
     """`regen run --preset tiny --limit 4 --rounds 2 --candidates 2`."""
     out = tmp_path_factory.mktemp("full")
-    done = _regen([*_run_args(out, "--concurrency", "1", "--progress", "plain"), *addresses], env)
+    done = _regen([*_run_args(scene_dataset, out, "--concurrency", "1", "--progress", "plain"), *addresses], env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 of 4 cases done" in done.stdout
     return _results_dir(done.stdout)
@@ -130,7 +130,7 @@ def test_full_layout_and_consistent_benchmark(full_run: Path):
         values = [f["metrics"][metric] for f in finals.values()]
         assert stat["n"] == 4 and stat["mean"] == pytest.approx(sum(values) / 4)
         assert stat["ci_low"] <= stat["mean"] <= stat["ci_high"]
-    assert set(bench["categories"]) == {"complex_scenarios", "human_figures", "non_human_entities", "scenes"}
+    assert set(bench["categories"]) == {"complex_scenarios", "human_portraits", "natural_scenes", "simple_objects"}
     for category in bench["categories"].values():
         assert category["done"] == 1 and category["metrics"]["selection"]["n"] == 1
     curve = [r["mean_best_selection"] for r in bench["rounds"]]
@@ -142,24 +142,24 @@ def test_full_layout_and_consistent_benchmark(full_run: Path):
     assert timings["services"]["generator"]["items"] == 4 * 2 * 2
 
 
-def test_same_seed_gives_identical_numbers(full_run, tmp_path, addresses, env):
-    done = _regen([*_run_args(tmp_path, "--concurrency", "1", "--progress", "none"), *addresses], env)
+def test_same_seed_gives_identical_numbers(full_run, scene_dataset, tmp_path, addresses, env):
+    done = _regen([*_run_args(scene_dataset, tmp_path, "--concurrency", "1", "--progress", "none"), *addresses], env)
     assert done.returncode == 0, done.stderr
     again = _results_dir(done.stdout)
     assert again.name == full_run.name
     assert _numbers(again) == _numbers(full_run)
 
 
-def test_numbers_do_not_depend_on_concurrency(full_run, tmp_path, addresses, env):
+def test_numbers_do_not_depend_on_concurrency(full_run, scene_dataset, tmp_path, addresses, env):
     """The tiny preset makes the generator and scorer batch-invariant, so how requests
     were batched together cannot change a single number."""
-    done = _regen([*_run_args(tmp_path, "--concurrency", "4", "--progress", "none"), *addresses], env)
+    done = _regen([*_run_args(scene_dataset, tmp_path, "--concurrency", "4", "--progress", "none"), *addresses], env)
     assert done.returncode == 0, done.stderr
     assert _numbers(_results_dir(done.stdout)) == _numbers(full_run)
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_numbers(full_run, tmp_path, addresses, env):
-    args = [*_run_args(tmp_path, "--progress", "plain", "--concurrency", "1"), *addresses]
+def test_kill_9_then_resume_gives_the_uninterrupted_numbers(full_run, scene_dataset, tmp_path, addresses, env):
+    args = [*_run_args(scene_dataset, tmp_path, "--progress", "plain", "--concurrency", "1"), *addresses]
     proc = subprocess.Popen(
         [sys.executable, "-m", "regen.cli", *args],
         stdout=subprocess.DEVNULL,
@@ -187,11 +187,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_numbers(full_run, tmp_path, 
     assert not list(run_dir.rglob(".*.tmp-*"))
 
 
-def test_dead_service_gives_a_clear_error(tmp_path, describer_address, scorer_address, env):
+def test_dead_service_gives_a_clear_error(tmp_path, scene_dataset, describer_address, scorer_address, env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    args = _run_args(tmp_path, "--progress", "none")
+    args = _run_args(scene_dataset, tmp_path, "--progress", "none")
     started = time.monotonic()
     done = _regen([*args, f"--describer={describer_address}", f"--scorer={scorer_address}", f"--generator={dead}"], env)
     assert done.returncode == 2
@@ -207,10 +207,10 @@ def _listening(address: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-def test_embedded_default_starts_runs_and_stops_the_services(tiny_models, tmp_path, env):
+def test_embedded_default_starts_runs_and_stops_the_services(tiny_models, scene_dataset, tmp_path, env):
     """No addresses: the run starts the three services, uses them, stops them; the
     orchestrator process itself never imports torch, transformers or diffusers."""
-    args = ["run", "--dataset", "evalref-100", "--preset", "tiny", "--limit", "1", "--rounds", "1"]
+    args = ["run", "--dataset", str(scene_dataset), "--preset", "tiny", "--limit", "1", "--rounds", "1"]
     args += ["--candidates", "2", "--out", str(tmp_path), "--progress", "plain"]
     done = run_regen_cli(args, env=env, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr

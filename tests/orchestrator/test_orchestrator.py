@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -18,7 +19,6 @@ from PIL import Image
 from regen.common.images import decode_image, sha256_hex
 from regen.orchestrator import aggregate as agg
 from regen.orchestrator import dataset as dataset_module
-from regen.orchestrator.config import RunConfig, parse_weights, stable_hash
 from regen.orchestrator.dataset import (
     EVALREF_100,
     Case,
@@ -30,8 +30,10 @@ from regen.orchestrator.dataset import (
     load_reference_png,
     resolve_dataset,
 )
+from regen.orchestrator.identity import result_config, stable_hash
 from regen.orchestrator.results import RunLayout, RunLockedError, atomic_write_bytes, atomic_write_json, read_json
 from regen.orchestrator.seeds import INT63_MASK, candidate_seed, derive_seed, variants_seed
+from regen.orchestrator.settings import OrchestratorSettings, parse_weights
 
 
 def _png(path: Path, color=(10, 20, 30), size=(8, 8), fmt: str = "PNG") -> Path:
@@ -84,20 +86,83 @@ def test_parse_weights_and_errors():
         parse_weights("clip=x")
 
 
-def test_run_config_validation_and_result_identity():
-    base = RunConfig(dataset="evalref-100")
+def test_settings_validation_and_result_identity():
+    base = OrchestratorSettings(dataset="evalref-100")
     assert base.selection_weights == {"clip": 0.5, "dinov2": 0.5}
     assert base.embedded == ("describer", "generator", "scorer")
-    assert RunConfig(dataset="d", generator="h:1").embedded == ("describer", "scorer")
+    assert OrchestratorSettings(dataset="d", generator="h:1").embedded == ("describer", "scorer")
     with pytest.raises(ValueError, match="positive sum"):
-        RunConfig(dataset="d", selection_weights={"clip": 0})
+        OrchestratorSettings(dataset="d", selection_weights={"clip": 0})
     with pytest.raises(ValueError, match="plain folder name"):
-        RunConfig(dataset="d", run_name="a/b")
+        OrchestratorSettings(dataset="d", run_name="a/b")
+    # The text form is accepted wherever weights are given (flag, file, environment).
+    assert OrchestratorSettings(dataset="d", selection_weights="dinov2=1,clip=3").selection_weights == {
+        "clip": 3.0,
+        "dinov2": 1.0,
+    }
     # Concurrency, addresses and timeouts do not change results, so they are not identity.
-    other = RunConfig(dataset="x", concurrency=1, describer="h:1", out=Path("elsewhere"))
-    assert stable_hash(base.result_config()) == stable_hash(other.result_config())
-    assert stable_hash(base.result_config()) != stable_hash(RunConfig(dataset="d", rounds=2).result_config())
+    other = OrchestratorSettings(
+        dataset="x", concurrency=1, describer="h:1", out=Path("elsewhere"), retry={"rpc_timeout_s": 5}
+    )
+    assert stable_hash(result_config(base)) == stable_hash(result_config(other))
+    assert stable_hash(result_config(base)) != stable_hash(result_config(OrchestratorSettings(dataset="d", rounds=2)))
     assert stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
+
+
+def test_result_config_and_its_hash_are_pinned():
+    """The identity of a run with default settings: a change here changes every default
+    run name and refuses every resume, so it must be deliberate."""
+    config = result_config(OrchestratorSettings(dataset="evalref-100", limit=4))
+    assert config == {
+        "rounds": 3,
+        "candidates": 3,
+        "seed": 0,
+        "limit": 4,
+        "selection_weights": {"clip": 0.5, "dinov2": 0.5},
+        "generation": {"width": None, "height": None, "steps": None, "guidance_scale": None, "negative_prompt": ""},
+        "bootstrap_resamples": 10000,
+        "confidence": 0.95,
+    }
+    assert stable_hash(config) == "01ee53c94cfd96f1f5ecb93975d63b37b19b14429c082e83fb75756baec4705e"
+
+
+def test_settings_precedence_flags_env_file_defaults(tmp_path, monkeypatch):
+    from regen.common.settings import load_settings
+
+    config = tmp_path / "regen.yaml"
+    config.write_text(
+        "orchestrator:\n"
+        "  dataset: from-file\n"
+        "  rounds: 2\n"
+        "  concurrency: 3\n"
+        "  selection_weights: {clip: 1}\n"
+        "  generation: {steps: 4, width: 32}\n"
+        "  retry: {max_attempts: 7}\n"
+    )
+    monkeypatch.setenv("REGEN_CONFIG", str(config))
+    monkeypatch.setenv("REGEN_ORCHESTRATOR_CONCURRENCY", "5")
+    monkeypatch.setenv("REGEN_ORCHESTRATOR_GENERATION__WIDTH", "48")
+    settings = load_settings(OrchestratorSettings, rounds=6, generation={"height": 16})
+    assert settings.dataset == "from-file"  # file
+    assert settings.rounds == 6  # flag over file
+    assert settings.concurrency == 5  # environment over file
+    assert settings.candidates == 3  # default
+    assert settings.selection_weights == {"clip": 1.0}
+    # Nested settings merge field by field across the layers.
+    assert settings.generation.model_dump() == {
+        "width": 48,
+        "height": 16,
+        "steps": 4,
+        "guidance_scale": None,
+        "negative_prompt": "",
+    }
+    assert (settings.retry.max_attempts, settings.retry.rpc_timeout_s) == (7, 600.0)
+    monkeypatch.setenv("REGEN_ORCHESTRATOR_SELECTION_WEIGHTS", "dinov2=2")
+    assert load_settings(OrchestratorSettings).selection_weights == {"dinov2": 2.0}
+
+    config.write_text("orchestrator:\n  dataset: d\n  rpc_timeout_s: 5\n")
+    with pytest.raises(ValueError, match=re.escape(f"{config}: unknown setting orchestrator.rpc_timeout_s")):
+        load_settings(OrchestratorSettings)
 
 
 # --- datasets ---------------------------------------------------------------------------

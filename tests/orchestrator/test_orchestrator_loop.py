@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,15 +19,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from PIL import Image
 from support.heavy_imports import HEAVY_MODULES, run_regen_cli
 
 from regen.common.grpc_server import GrpcHost, Registration, grpc_errors
 from regen.orchestrator.clients import ConnectError
-from regen.orchestrator.config import RunConfig
+from regen.orchestrator.identity import RunMismatch
 from regen.orchestrator.results import read_json
 from regen.orchestrator.runner import RunError, run
 from regen.orchestrator.seeds import candidate_seed, variants_seed
+from regen.orchestrator.settings import OrchestratorSettings
 from regen.v1 import (
     common_pb2,
     describer_pb2,
@@ -49,6 +53,8 @@ class Faults:
         self.score_invalid_for: set[bytes] = set()  # reference PNGs the scorer rejects
         self.calls: Counter[str] = Counter()
         self.generate_sizes: list[int] = []
+        # Per Generate call: the request's image parameters and the call's deadline (s).
+        self.generate_requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -139,6 +145,16 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServicer):
             faults.generate_unavailable -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         faults.generate_sizes.append(len(request.prompts))
+        faults.generate_requests.append(
+            {
+                **{
+                    name: getattr(request, name) if request.HasField(name) else None
+                    for name in ("width", "height", "steps", "guidance_scale")
+                },
+                "negative_prompts": {p.negative_prompt for p in request.prompts},
+                "time_remaining": context.time_remaining(),
+            }
+        )
         faults.in_flight += 1
         faults.max_in_flight = max(faults.max_in_flight, faults.in_flight)
         try:
@@ -251,7 +267,7 @@ def dataset(tmp_path) -> Path:
     return root
 
 
-def _config(fakes: FakeServices, dataset: Path, out: Path, **overrides) -> RunConfig:
+def _config(fakes: FakeServices, dataset: Path, out: Path, **overrides) -> OrchestratorSettings:
     values = dict(
         dataset=str(dataset),
         out=out,
@@ -262,7 +278,7 @@ def _config(fakes: FakeServices, dataset: Path, out: Path, **overrides) -> RunCo
         **fakes.addresses,
     )
     values.update(overrides)
-    return RunConfig(**values)
+    return OrchestratorSettings(**values)
 
 
 def _numbers(benchmark: dict) -> dict:
@@ -404,7 +420,7 @@ def test_interrupted_case_is_redone_from_scratch(fakes, dataset, tmp_path):
 
 def test_resume_with_other_configuration_is_refused(fakes, dataset, tmp_path):
     run(_config(fakes, dataset, tmp_path / "out", run_name="mine", rounds=2, candidates=2, limit=2))
-    with pytest.raises(RunError, match=r"different configuration \(config\.rounds was 2, now 3\)"):
+    with pytest.raises(RunMismatch, match=r"different configuration \(config\.rounds was 2, now 3\)"):
         run(_config(fakes, dataset, tmp_path / "out", run_name="mine", rounds=3, candidates=2, limit=2))
 
 
@@ -459,6 +475,134 @@ def test_cli_misconfiguration_messages(fakes, dataset, tmp_path):
         + [f"--{n}={a}" for n, a in fakes.addresses.items() if n != "scorer"]
     )
     assert done.returncode == 2 and "cannot reach the scorer at 127.0.0.1:1" in done.stderr
+
+
+def test_iut_and_differences_files_use_the_one_json_form(fakes, dataset, tmp_path):
+    """iut.json and metadata.json's differences are in the describer's schema-shaped JSON
+    form ("type": "animal", never a protobuf enum name), which reads back as the same
+    messages (what the describer's HTTP API accepts)."""
+    from regen.common.describer_json import differences_from_json, iut_from_json, iut_to_json
+
+    summary = run(_config(fakes, dataset, tmp_path / "out", limit=1, rounds=2, candidates=1))
+    (folder,) = (p.parent for p in summary.run_dir.glob("*/iut.json"))
+    text = (folder / "iut.json").read_text()
+    assert "OBJECT_TYPE" not in text
+    iut = json.loads(text)
+    assert iut["objects"] == [
+        {
+            "name": "cat",
+            "type": "animal",
+            "attributes": dict.fromkeys(
+                ("color", "material", "position", "texture", "species", "posture", "expression"), ""
+            ),
+        }
+    ]
+    assert iut["global_features"] == {"style": "photo", "lighting": "soft", "color_palette": "", "composition": ""}
+    assert iut_to_json(iut_from_json(iut)) == iut
+    differences = read_json(folder / "iteration_1" / "metadata.json")["differences"]
+    assert differences == [{"aspect": "content", "description": differences[0]["description"]}]
+    assert [(d.aspect, d.description) for d in differences_from_json(differences)] == [
+        ("content", differences[0]["description"])
+    ]
+
+
+def _cli_run(fakes: FakeServices, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    args = ["run", "--progress", "none", *args, *(f"--{name}={address}" for name, address in fakes.addresses.items())]
+    return run_regen_cli(args, env={**os.environ, **(env or {})})
+
+
+def test_file_env_and_flags_set_the_generate_request_in_that_order(fakes, dataset, tmp_path):
+    """Size, steps, guidance and the deadline come from the config file's orchestrator
+    section, a REGEN_ORCHESTRATOR_* variable overrides the file, and a flag overrides both."""
+    config = tmp_path / "regen.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "orchestrator": {
+                    "dataset": str(dataset),
+                    "out": str(tmp_path / "out"),
+                    "limit": 1,
+                    "rounds": 1,
+                    "candidates": 2,
+                    "generation": {"width": 24, "height": 20, "steps": 3, "guidance_scale": 2.5},
+                    "retry": {"rpc_timeout_s": 40},
+                }
+            }
+        )
+    )
+    env = {"REGEN_ORCHESTRATOR_GENERATION__STEPS": "5", "REGEN_ORCHESTRATOR_RETRY__RPC_TIMEOUT_S": "30"}
+    done = _cli_run(fakes, ["--config", str(config), "--width", "32", "--negative-prompt", "blurry"], env)
+    assert done.returncode == 0, done.stderr
+    assert "1 of 1 cases done" in done.stdout
+    (request,) = fakes.faults.generate_requests
+    deadline = request.pop("time_remaining")
+    assert request == {
+        "width": 32,
+        "height": 20,
+        "steps": 5,
+        "guidance_scale": 2.5,
+        "negative_prompts": {"blurry"},
+    }
+    assert 20 < deadline < 35  # the variable's 30 s, not the file's 40 s (give or take clock slack)
+    run_info = read_json(Path(done.stdout.split("results: ")[1].split()[0]) / "run.json")
+    assert run_info["config"]["generation"] == {
+        "width": 32,
+        "height": 20,
+        "steps": 5,
+        "guidance_scale": 2.5,
+        "negative_prompt": "blurry",
+    }
+    assert (run_info["config"]["rounds"], run_info["config"]["candidates"], run_info["config"]["limit"]) == (1, 2, 1)
+
+
+def test_retries_are_set_by_file_and_flag(fakes, dataset, tmp_path):
+    config = tmp_path / "regen.yaml"
+    config.write_text(yaml.safe_dump({"orchestrator": {"retry": {"max_attempts": 5, "initial_backoff_s": 0.01}}}))
+    fakes.faults.generate_unavailable = 3
+    args = ["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--limit", "1", "--rounds", "1"]
+    args += ["--candidates", "1", "--config", str(config), "--max-attempts", "2"]
+    done = _cli_run(fakes, args)
+    assert done.returncode == 1, done.stderr
+    assert "0 of 1 cases done, 1 failed" in done.stdout
+    (error_file,) = Path(done.stdout.split("results: ")[1].split()[0]).glob("*/error.json")
+    error = read_json(error_file)
+    assert error["failure"]["code"] == "UNAVAILABLE" and error["failure"]["attempts"] == 2
+    assert fakes.faults.calls["Generate"] == 2
+
+    fakes.faults.generate_unavailable = 3
+    args[args.index("--out") + 1] = str(tmp_path / "again")
+    done = _cli_run(fakes, args[:-2])  # the file's 5 attempts outlast 3 failures
+    assert done.returncode == 0, done.stderr
+    assert fakes.faults.calls["Generate"] == 2 + 4
+
+
+def test_cli_settings_errors_name_their_source(fakes, dataset, tmp_path):
+    config = tmp_path / "regen.yaml"
+
+    def fails(section: dict, *args: str, env: dict[str, str] | None = None) -> str:
+        config.write_text(yaml.safe_dump(section))
+        done = _cli_run(fakes, ["--config", str(config), "--out", str(tmp_path / "out"), *args], env)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert not (tmp_path / "out").exists()
+        return done.stderr
+
+    with_dataset = {"dataset": str(dataset)}
+    stderr = fails({"orchestrator": {**with_dataset, "roundz": 2}})
+    assert f"{config}: unknown setting orchestrator.roundz" in stderr
+    stderr = fails({"orchestrator": {**with_dataset, "generation": {"widht": 64}}})
+    assert f"{config}: orchestrator.generation.widht: Extra inputs are not permitted" in stderr
+    stderr = fails({"orchestrater": {"rounds": 2}}, "--dataset", str(dataset))
+    assert f"{config}: unknown section 'orchestrater'" in stderr
+    stderr = fails({"orchestrator": {**with_dataset, "rounds": 0}})
+    assert f"{config}: orchestrator.rounds: Input should be greater than or equal to 1" in stderr
+    stderr = fails({"orchestrator": {**with_dataset, "rounds": 0}}, "--rounds", "-1")
+    assert "--rounds: Input should be greater than or equal to 1" in stderr
+    stderr = fails({"orchestrator": with_dataset}, env={"REGEN_ORCHESTRATOR_RETRY__RPC_TIMEOUT_S": "0"})
+    assert "REGEN_ORCHESTRATOR_RETRY__RPC_TIMEOUT_S: Input should be greater than 0" in stderr
+    stderr = fails({"orchestrator": {"rounds": 2}})
+    assert "--dataset (or orchestrator.dataset in the config file): Field required" in stderr
+    stderr = fails({}, "--dataset", str(dataset), "--weights", "clip")
+    assert "--weights: Value error, selection weights 'clip': expected name=weight pairs" in stderr
 
 
 def test_orchestrator_modules_import_no_heavy_libraries():

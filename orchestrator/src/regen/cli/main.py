@@ -7,9 +7,12 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+
+from regen.orchestrator.settings import OrchestratorSettings
 
 app = typer.Typer(
     name="regen",
@@ -31,7 +34,7 @@ PortFileOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -125,72 +128,194 @@ def serve_describer(
 
 
 ADDRESS_HELP = "host:port of a running {} service; without it, one is started locally."
+MODEL_DEFAULT = "the generator's"
+
+# `regen run`'s flags that set an orchestrator setting: parameter -> setting path. Their
+# defaults are the settings' (file, environment, then OrchestratorSettings' defaults).
+RUN_FLAGS: dict[str, tuple[str, ...]] = {
+    "dataset": ("dataset",),
+    "out": ("out",),
+    "run_name": ("run_name",),
+    "describer": ("describer",),
+    "generator": ("generator",),
+    "scorer": ("scorer",),
+    "preset": ("service_preset",),
+    "rounds": ("rounds",),
+    "candidates": ("candidates",),
+    "seed": ("seed",),
+    "limit": ("limit",),
+    "concurrency": ("concurrency",),
+    "weights": ("selection_weights",),
+    "width": ("generation", "width"),
+    "height": ("generation", "height"),
+    "steps": ("generation", "steps"),
+    "guidance_scale": ("generation", "guidance_scale"),
+    "negative_prompt": ("generation", "negative_prompt"),
+    "rpc_timeout": ("retry", "rpc_timeout_s"),
+    "max_attempts": ("retry", "max_attempts"),
+    "initial_backoff": ("retry", "initial_backoff_s"),
+    "max_backoff": ("retry", "max_backoff_s"),
+    "connect_timeout": ("connect_timeout_s",),
+    "startup_timeout": ("startup_timeout_s",),
+    "progress": ("progress",),
+}
+
+
+def _setting_default(path: tuple[str, ...]) -> str:
+    """The default of an orchestrator setting, as shown in --help."""
+    model: Any = OrchestratorSettings
+    for name in path[:-1]:
+        model = model.model_fields[name].annotation
+    field = model.model_fields[path[-1]]
+    if field.is_required():
+        return ""
+    value = field.get_default(call_default_factory=True)
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _run_option(param: str, help: str, *, unset: str | None = None) -> Any:
+    """A `regen run` option for setting RUN_FLAGS[param]; `unset` describes a None default."""
+    default = _setting_default(RUN_FLAGS[param])
+    shown = unset if unset is not None and default == "none" else default
+    suffix = f" (default: {shown})" if shown else ""
+    return typer.Option("--" + param.replace("_", "-"), help=help + suffix, show_default=False)
+
+
+def _nested(flags: dict[str, Any]) -> dict[str, Any]:
+    """Given flags as setting overrides: {"width": 64} -> {"generation": {"width": 64}}."""
+    overrides: dict[str, Any] = {}
+    for param, value in flags.items():
+        *parents, leaf = RUN_FLAGS[param]
+        target = overrides
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = value
+    return overrides
+
+
+def _settings_error(exc: ValidationError, flags: dict[str, Any], config_file: str | None) -> str:
+    """Name where each bad value came from: the flag, the environment variable, or the file."""
+    from regen.common.settings import read_config_file
+
+    try:
+        section = read_config_file(config_file).get(OrchestratorSettings.section) or {}
+    except ValueError:
+        section = {}
+    by_path = {path: param for param, path in RUN_FLAGS.items()}
+    problems = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        flag_param = next((by_path[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in by_path), None)
+        flag = "--" + flag_param.replace("_", "-") if flag_param else None
+        envs = ["REGEN_ORCHESTRATOR_" + "__".join(loc[:n]).upper() for n in range(len(loc), 0, -1)]
+        env = next((name for name in envs if name in os.environ), None)
+        setting = f"{OrchestratorSettings.section}.{'.'.join(loc)}"
+        if flag_param in flags:
+            where = flag
+        elif env:
+            where = env
+        elif _has_path(section, loc):
+            where = f"{config_file}: {setting}"
+        else:
+            where = f"{flag} (or {setting} in the config file)" if flag else setting
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _has_path(data: Any, path: tuple[str, ...]) -> bool:
+    for name in path:
+        if not isinstance(data, dict) or name not in data:
+            return False
+        data = data[name]
+    return True
 
 
 @app.command("run")
 def run(
     dataset: Annotated[
-        str, typer.Option("--dataset", help="evalref-100, or a folder of images (optionally with MANIFEST.json).")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Results folder; the run goes into <out>/<run-name>.")] = Path(
-        "runs"
-    ),
-    describer: Annotated[str | None, typer.Option("--describer", help=ADDRESS_HELP.format("describer"))] = None,
-    generator: Annotated[str | None, typer.Option("--generator", help=ADDRESS_HELP.format("generator"))] = None,
-    scorer: Annotated[str | None, typer.Option("--scorer", help=ADDRESS_HELP.format("scorer"))] = None,
-    preset: Annotated[
-        str, typer.Option("--preset", help="Models of locally started services: tiny (offline, CPU) or default.")
-    ] = "default",
-    config: ConfigOpt = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of generate, score, compare, revise.")] = 3,
-    candidates: Annotated[int, typer.Option("--candidates", help="Prompt variants (images) per round.")] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Run seed; every image seed derives from it.")] = 0,
-    limit: Annotated[int | None, typer.Option("--limit", help="Run only the first N cases.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Cases in flight at once.")] = 8,
-    run_name: Annotated[
-        str | None, typer.Option("--run-name", help="Folder name of the run (default: derived from the configuration).")
+        str | None,
+        _run_option(
+            "dataset",
+            "evalref-100, or a folder of images (optionally with MANIFEST.json); required here or in the config file.",
+        ),
     ] = None,
-    weights: Annotated[
-        str, typer.Option("--weights", help="Selection score weights over scorer metrics.")
-    ] = "clip=0.5,dinov2=0.5",
-    progress: Annotated[
-        str, typer.Option("--progress", help="auto (rich on a terminal), rich, plain or none.")
-    ] = "auto",
+    out: Annotated[Path | None, _run_option("out", "Results folder; the run goes into <out>/<run-name>.")] = None,
+    describer: Annotated[str | None, _run_option("describer", ADDRESS_HELP.format("describer"), unset="local")] = None,
+    generator: Annotated[str | None, _run_option("generator", ADDRESS_HELP.format("generator"), unset="local")] = None,
+    scorer: Annotated[str | None, _run_option("scorer", ADDRESS_HELP.format("scorer"), unset="local")] = None,
+    preset: Annotated[
+        str | None, _run_option("preset", "Models of locally started services: tiny (offline, CPU) or default.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML config file (default: $REGEN_CONFIG): its orchestrator section, and the sections of "
+            "locally started services.",
+        ),
+    ] = None,
+    rounds: Annotated[int | None, _run_option("rounds", "Rounds of generate, score, compare, revise.")] = None,
+    candidates: Annotated[int | None, _run_option("candidates", "Prompt variants (images) per round.")] = None,
+    seed: Annotated[int | None, _run_option("seed", "Run seed; every image seed derives from it.")] = None,
+    limit: Annotated[int | None, _run_option("limit", "Run only the first N cases.", unset="all")] = None,
+    concurrency: Annotated[int | None, _run_option("concurrency", "Cases in flight at once.")] = None,
+    run_name: Annotated[
+        str | None,
+        _run_option("run_name", "Folder name of the run.", unset="derived from the configuration"),
+    ] = None,
+    weights: Annotated[str | None, _run_option("weights", "Selection score weights over scorer metrics.")] = None,
+    width: Annotated[int | None, _run_option("width", "Image width.", unset=MODEL_DEFAULT)] = None,
+    height: Annotated[int | None, _run_option("height", "Image height.", unset=MODEL_DEFAULT)] = None,
+    steps: Annotated[int | None, _run_option("steps", "Denoising steps.", unset=MODEL_DEFAULT)] = None,
+    guidance_scale: Annotated[
+        float | None, _run_option("guidance_scale", "Classifier-free guidance scale.", unset=MODEL_DEFAULT)
+    ] = None,
+    negative_prompt: Annotated[str | None, _run_option("negative_prompt", "Negative prompt of every image.")] = None,
+    rpc_timeout: Annotated[
+        float | None, _run_option("rpc_timeout", "Deadline of one call in seconds, queueing included.")
+    ] = None,
+    max_attempts: Annotated[
+        int | None, _run_option("max_attempts", "Attempts per call on UNAVAILABLE or DEADLINE_EXCEEDED.")
+    ] = None,
+    initial_backoff: Annotated[
+        float | None, _run_option("initial_backoff", "Seconds before the first retry; doubles each time.")
+    ] = None,
+    max_backoff: Annotated[float | None, _run_option("max_backoff", "Longest pause between retries, seconds.")] = None,
+    connect_timeout: Annotated[
+        float | None, _run_option("connect_timeout", "Seconds to wait for a remote service that is still loading.")
+    ] = None,
+    startup_timeout: Annotated[
+        float | None, _run_option("startup_timeout", "Seconds to wait for locally started services.")
+    ] = None,
+    progress: Annotated[str | None, _run_option("progress", "auto (rich on a terminal), rich, plain or none.")] = None,
 ) -> None:
-    """Benchmark a text-to-image model: regenerate every reference image of a dataset."""
+    """Benchmark a text-to-image model: regenerate every reference image of a dataset.
+
+    Each option may also be set in the config file's orchestrator section or by a
+    REGEN_ORCHESTRATOR_* variable; the option wins.
+    """
+    # Every parameter but --config is a setting (RUN_FLAGS); those given override the rest.
+    flags = {name: value for name, value in locals().items() if name != "config" and value is not None}
     import logging
 
-    from pydantic import ValidationError
-
-    from regen.orchestrator.config import RunConfig, parse_weights
+    from regen.common.settings import load_settings
     from regen.orchestrator.launcher import LaunchError
     from regen.orchestrator.progress import make_reporter
     from regen.orchestrator.runner import run as run_benchmark
 
     logging.basicConfig(level=os.environ.get("REGEN_LOG_LEVEL", "WARNING"), format="%(levelname)s %(message)s")
+    config_file = str(config) if config else os.environ.get("REGEN_CONFIG") or None
     try:
-        run_config = RunConfig(
-            dataset=dataset,
-            out=out,
-            run_name=run_name,
-            describer=describer,
-            generator=generator,
-            scorer=scorer,
-            preset=preset,
-            service_config=config,
-            rounds=rounds,
-            candidates=candidates,
-            seed=seed,
-            limit=limit,
-            concurrency=concurrency,
-            selection_weights=parse_weights(weights),
-            progress=progress,
-        )
+        settings = load_settings(OrchestratorSettings, config_file=config, **_nested(flags))
     except ValidationError as exc:
-        _fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
-    except ValueError as exc:
+        _fail(_settings_error(exc, flags, config_file))
+    except ValueError as exc:  # the config file: unreadable, or an unknown section or key (named)
         _fail(str(exc))
-    reporter = make_reporter(run_config.progress)
+    reporter = make_reporter(settings.progress)
 
     def on_sigterm(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # unwind normally, so locally started services are stopped
@@ -198,7 +323,7 @@ def run(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        summary = run_benchmark(run_config, reporter)
+        summary = run_benchmark(settings, reporter, config_file=config)
     except LaunchError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

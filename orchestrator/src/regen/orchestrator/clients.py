@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from regen.common.grpc_server import channel_options
-from regen.orchestrator.config import RetryPolicy
+from regen.orchestrator.settings import RetryPolicy
 from regen.v1 import (
     common_pb2,
     describer_pb2,
@@ -49,18 +49,6 @@ class ConnectError(RuntimeError):
     """A service cannot be used at all (unreachable, not serving, wrong service)."""
 
 
-@dataclass
-class CallTimer:
-    """Seconds spent in calls per method (including retries and queueing on the server)."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=dict)
-
-    def add(self, method: str, seconds: float) -> None:
-        self.seconds[method] = self.seconds.get(method, 0.0) + seconds
-        self.calls[method] = self.calls.get(method, 0) + 1
-
-
 class _Client:
     service = ""
 
@@ -72,6 +60,10 @@ class _Client:
 
     async def close(self) -> None:
         await self.channel.close()
+
+    async def info(self) -> Any:
+        """The service's Info answer (model, limits, ServerInfo counters)."""
+        raise NotImplementedError
 
     async def _call(self, method: str, invoke: Callable[[float], Awaitable[T]]) -> T:
         """Run invoke(timeout_s) with retries; raise ServiceError when it fails for good."""

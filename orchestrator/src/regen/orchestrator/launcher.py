@@ -71,12 +71,6 @@ class LocalService:
     address: str
     log_path: Path
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
 
 @dataclass
 class LocalServices:

@@ -1,4 +1,4 @@
-"""One reference image through the regeneration loop (SPEC §2).
+"""One reference image through the regeneration loop.
 
 Understand -> WritePrompt -> rounds r = 1..R:
     Variants(prompt, N) -> Generate(N images, one batch) -> Score(all candidates)
@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from google.protobuf.json_format import MessageToDict
-
+from regen.common.describer_json import differences_to_json, iut_to_json
 from regen.orchestrator.clients import Clients, ServiceError
-from regen.orchestrator.config import GenerationParams
 from regen.orchestrator.dataset import Case, load_reference_png
 from regen.orchestrator.results import RunLayout, atomic_write_bytes, atomic_write_json
 from regen.orchestrator.seeds import candidate_seed, variants_seed
+from regen.orchestrator.settings import GenerationParams
 from regen.v1 import describer_pb2, generator_pb2
 
 STAGES: tuple[str, ...] = (
@@ -41,7 +40,7 @@ STAGES: tuple[str, ...] = (
     "revise",
     "judge",
 )
-JUDGE_METRICS: tuple[str, ...] = ("judge_content", "judge_quality", "judge_mean")
+T = TypeVar("T")
 
 
 class CaseFailed(Exception):
@@ -129,12 +128,73 @@ class Candidate:
 
 @dataclass
 class Best:
+    """A scored candidate and its round."""
+
     round: int
     candidate: Candidate
+
+    @property
+    def selection(self) -> float:
+        assert self.candidate.selection is not None, "only a scored candidate can be a best"
+        return self.candidate.selection
 
     def record(self) -> dict[str, Any]:
         c = self.candidate
         return {"round": self.round, "candidate": c.index, "selection": c.selection, "prompt": c.prompt, "seed": c.seed}
+
+
+def round_best(round_index: int, candidates: list[Candidate]) -> Best | None:
+    """The round's best scored candidate; ties go to the lowest candidate index (max()
+    keeps the first of equal keys)."""
+    scored = [Best(round_index, c) for c in candidates if c.selection is not None]
+    return max(scored, key=lambda best: best.selection) if scored else None
+
+
+def better(previous: Best | None, new: Best | None) -> Best | None:
+    """The best so far after a round: the new one only when it is strictly better."""
+    if new is not None and (previous is None or new.selection > previous.selection):
+        return new
+    return previous
+
+
+@dataclass
+class RoundRecord:
+    """One round, as written to iteration_<r>/metadata.json."""
+
+    case: str
+    round: int
+    # The round's input prompt and where it came from: write_prompt or revise(iteration_<r-1>).
+    prompt: str
+    prompt_source: str
+    variants_seed: int
+    candidates: list[Candidate] = field(default_factory=list)
+    best: Best | None = None
+    best_so_far: Best | None = None
+    # The best so far that Compare looked at; None when Compare did not run (last round,
+    # or nothing rendered yet).
+    compared: Best | None = None
+    differences: list[describer_pb2.Difference] = field(default_factory=list)
+    revised_prompt: str | None = None
+    describer_calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        compared = self.compared
+        return {
+            "case": self.case,
+            "round": self.round,
+            "prompt": self.prompt,
+            "prompt_source": self.prompt_source,
+            "variants_seed": self.variants_seed,
+            "candidates": [c.record() for c in self.candidates],
+            "best": self.best.record() if self.best else None,
+            "best_so_far": self.best_so_far.record() if self.best_so_far else None,
+            "compared": {"round": compared.round, "candidate": compared.candidate.index} if compared else None,
+            "differences": differences_to_json(self.differences),
+            "revised_prompt": self.revised_prompt,
+            "describer_calls": self.describer_calls,
+            "timings": self.timings,
+        }
 
 
 def _call_record(call: describer_pb2.CallInfo) -> dict[str, Any]:
@@ -161,6 +221,7 @@ class CaseRunner:
         on_stage: StageCallback | None = None,
     ) -> None:
         self.clients = clients
+        self.describer = clients.describer
         self.settings = settings
         self.layout = layout
         self.case = case
@@ -168,16 +229,6 @@ class CaseRunner:
         self.timings: dict[str, float] = {}
         self.stage = "load"
         self.round: int | None = None
-
-    def _enter(self, stage: str) -> float:
-        self.stage = stage
-        self.on_stage(self.case.id, stage)
-        return time.perf_counter()
-
-    def _leave(self, stage: str, started: float) -> float:
-        elapsed = time.perf_counter() - started
-        self.timings[stage] = self.timings.get(stage, 0.0) + elapsed
-        return elapsed
 
     async def run(self) -> dict[str, Any]:
         try:
@@ -189,168 +240,175 @@ class CaseRunner:
         except Exception as exc:  # one broken case must not stop the run
             raise CaseFailed(self.stage, f"{type(exc).__name__}: {exc}", round_index=self.round, cause=exc) from exc
 
+    async def _stage(self, stage: str, call: Awaitable[T], round_timings: dict[str, float] | None = None) -> T:
+        """Await one stage's work, reporting the stage and adding up its time."""
+        self.stage = stage
+        self.on_stage(self.case.id, stage)
+        started = time.perf_counter()
+        result = await call
+        elapsed = time.perf_counter() - started
+        self.timings[stage] = self.timings.get(stage, 0.0) + elapsed
+        if round_timings is not None:
+            round_timings[f"{stage}_s"] = elapsed
+        return result
+
     async def _run(self) -> dict[str, Any]:
-        s, case, describer = self.settings, self.case, self.clients.describer
-        started_case = time.perf_counter()
+        started = time.perf_counter()
+        reference = await self._stage("load", asyncio.to_thread(load_reference_png, self.case))
+        iut = (await self._stage("understand", self.describer.understand(reference))).iut
+        await self._write_json(self.layout.iut_file(self.case.id), iut_to_json(iut))
+        written = await self._stage("write_prompt", self.describer.write_prompt(iut, self.settings.token_budget))
+        rounds = await self._rounds(reference, written.prompt)
+        self.round = None
+        best = rounds[-1].best_so_far
+        if best is None:
+            raise CaseFailed("generate", f"the generator refused every candidate in all {len(rounds)} rounds")
+        judged = await self._judge(reference, best)
+        final = self._final_record(best, judged, rounds, started)
+        await asyncio.to_thread(
+            atomic_write_bytes, self.layout.final_dir(self.case.id) / "best_image.png", best.candidate.png
+        )
+        # Last: its existence marks the case as finished.
+        await self._write_json(self.layout.final_metrics_file(self.case.id), final)
+        return final
 
-        t = self._enter("load")
-        reference = await asyncio.to_thread(load_reference_png, case)
-        self._leave("load", t)
-
-        t = self._enter("understand")
-        understood = await describer.understand(reference)
-        self._leave("understand", t)
-        iut = understood.iut
-        await self._write_json(self.layout.iut_file(case.id), MessageToDict(iut, preserving_proto_field_name=True))
-
-        t = self._enter("write_prompt")
-        prompt = (await describer.write_prompt(iut, s.token_budget)).prompt
-        self._leave("write_prompt", t)
-        prompt_source = "write_prompt"
-
+    async def _rounds(self, reference: bytes, prompt: str) -> list[RoundRecord]:
+        records: list[RoundRecord] = []
+        source = "write_prompt"
         best: Best | None = None
-        best_so_far_curve: list[float | None] = []
-        round_best_curve: list[float | None] = []
-        for r in range(1, s.rounds + 1):
+        for r in range(1, self.settings.rounds + 1):
             self.round = r
-            round_timings: dict[str, float] = {}
-            metadata: dict[str, Any] = {"case": case.id, "round": r, "prompt": prompt, "prompt_source": prompt_source}
-
-            t = self._enter("variants")
-            seed = variants_seed(s.run_seed, case.id, r)
-            variants = await describer.variants(prompt, s.candidates, s.token_budget, seed)
-            round_timings["variants_s"] = self._leave("variants", t)
-            prompts = list(variants.prompts)
-            if len(prompts) != s.candidates:
-                raise CaseFailed(
-                    "variants", f"describer returned {len(prompts)} variants, asked for {s.candidates}", round_index=r
-                )
-            metadata["variants_seed"] = seed
-            calls = {"variants": _call_record(variants.call)}
-
-            candidates = [
-                Candidate(index=k, prompt=p, seed=candidate_seed(s.run_seed, case.id, r, k))
-                for k, p in enumerate(prompts, start=1)
-            ]
-            t = self._enter("generate")
-            await self._generate(candidates)
-            round_timings["generate_s"] = self._leave("generate", t)
-            iteration = self.layout.iteration_dir(case.id, r)
-            await asyncio.to_thread(_write_images, {iteration / c.file: c.png for c in candidates if c.png})
-
-            t = self._enter("score")
-            await self._score(reference, candidates)
-            round_timings["score_s"] = self._leave("score", t)
-
-            scored = [c for c in candidates if c.selection is not None]
-            # max() keeps the first of equal scores: ties go to the lowest candidate index.
-            round_best = Best(r, max(scored, key=lambda c: c.selection)) if scored else None
-            if round_best and (best is None or round_best.candidate.selection > best.candidate.selection):
-                best = round_best
-            round_best_curve.append(round_best.candidate.selection if round_best else None)
-            best_so_far_curve.append(best.candidate.selection if best else None)
-            if round_best:
-                await asyncio.to_thread(atomic_write_bytes, iteration / "best_image.png", round_best.candidate.png)
-            metadata["candidates"] = [c.record() for c in candidates]
-            metadata["best"] = round_best.record() if round_best else None
-            metadata["best_so_far"] = best.record() if best else None
-
-            metadata["compared"] = None
-            metadata["differences"] = []
-            metadata["revised_prompt"] = None
-            if r < s.rounds and best is not None:
-                t = self._enter("compare")
-                compared = await describer.compare(reference, best.candidate.png, best.candidate.prompt)
-                round_timings["compare_s"] = self._leave("compare", t)
-                differences = list(compared.differences)
-
-                t = self._enter("revise")
-                revised = await describer.revise(best.candidate.prompt, differences, s.token_budget)
-                round_timings["revise_s"] = self._leave("revise", t)
-                metadata["compared"] = {"round": best.round, "candidate": best.candidate.index}
-                metadata["differences"] = [{"aspect": d.aspect, "description": d.description} for d in differences]
-                metadata["revised_prompt"] = revised.prompt
-                calls.update(compare=_call_record(compared.call), revise=_call_record(revised.call))
-                prompt = revised.prompt
-                prompt_source = f"revise(iteration_{r})"
+            record = await self._round(r, reference, prompt, source, best)
+            await self._write_json(self.layout.iteration_dir(self.case.id, r) / "metadata.json", record.record())
+            records.append(record)
+            best = record.best_so_far
             # With every candidate refused there is nothing to compare: the next round
             # draws new variants of the same prompt (their seed changes with the round).
-            metadata["describer_calls"] = calls
-            metadata["timings"] = round_timings
-            await self._write_json(iteration / "metadata.json", metadata)
+            if record.revised_prompt is not None:
+                prompt, source = record.revised_prompt, f"revise(iteration_{r})"
+        return records
 
-        self.round = None
-        if best is None:
-            raise CaseFailed("generate", f"the generator refused every candidate in all {s.rounds} rounds")
+    async def _round(self, r: int, reference: bytes, prompt: str, source: str, best_before: Best | None) -> RoundRecord:
+        """Variants -> Generate -> Score -> the round's best -> (not last) Compare -> Revise."""
+        record = RoundRecord(self.case.id, r, prompt, source, variants_seed(self.settings.run_seed, self.case.id, r))
+        record.candidates = await self._variants(record)
+        await self._stage("generate", self._generate(record.candidates), record.timings)
+        iteration = self.layout.iteration_dir(self.case.id, r)
+        await asyncio.to_thread(_write_images, {iteration / c.file: c.png for c in record.candidates if c.png})
+        await self._stage("score", self._score(reference, record.candidates), record.timings)
+        record.best = round_best(r, record.candidates)
+        record.best_so_far = better(best_before, record.best)
+        if record.best:
+            await asyncio.to_thread(atomic_write_bytes, iteration / "best_image.png", record.best.candidate.png)
+        if r < self.settings.rounds and record.best_so_far is not None:
+            await self._revise(reference, record.best_so_far, record)
+        return record
 
-        t = self._enter("judge")
-        judged = await describer.judge(reference, best.candidate.png)
-        self._leave("judge", t)
-        content, quality = judged.content_consistency, judged.perceptual_quality
-        for label, value in (("content_consistency", content), ("perceptual_quality", quality)):
+    async def _variants(self, record: RoundRecord) -> list[Candidate]:
+        s = self.settings
+        call = self.describer.variants(record.prompt, s.candidates, s.token_budget, record.variants_seed)
+        variants = await self._stage("variants", call, record.timings)
+        prompts = list(variants.prompts)
+        if len(prompts) != s.candidates:
+            raise CaseFailed(
+                "variants",
+                f"describer returned {len(prompts)} variants, asked for {s.candidates}",
+                round_index=record.round,
+            )
+        record.describer_calls["variants"] = _call_record(variants.call)
+        return [
+            Candidate(index=k, prompt=p, seed=candidate_seed(s.run_seed, self.case.id, record.round, k))
+            for k, p in enumerate(prompts, start=1)
+        ]
+
+    async def _revise(self, reference: bytes, best: Best, record: RoundRecord) -> None:
+        """Compare the best so far with the reference, and revise its prompt."""
+        prompt = best.candidate.prompt
+        compared = await self._stage(
+            "compare", self.describer.compare(reference, best.candidate.png, prompt), record.timings
+        )
+        differences = list(compared.differences)
+        revise = self.describer.revise(prompt, differences, self.settings.token_budget)
+        revised = await self._stage("revise", revise, record.timings)
+        record.compared = best
+        record.differences = differences
+        record.revised_prompt = revised.prompt
+        record.describer_calls.update(compare=_call_record(compared.call), revise=_call_record(revised.call))
+
+    async def _judge(self, reference: bytes, best: Best) -> describer_pb2.JudgeResponse:
+        judged = await self._stage("judge", self.describer.judge(reference, best.candidate.png))
+        for label, value in (
+            ("content_consistency", judged.content_consistency),
+            ("perceptual_quality", judged.perceptual_quality),
+        ):
             if not 1 <= value <= 5:
                 raise CaseFailed("judge", f"describer.Judge returned {label}={value}, outside 1..5")
+        return judged
 
-        metrics = {name: best.candidate.scores[name] for name in sorted(best.candidate.scores)}
-        metrics["selection"] = best.candidate.selection
+    def _final_record(
+        self, best: Best, judged: describer_pb2.JudgeResponse, rounds: list[RoundRecord], started: float
+    ) -> dict[str, Any]:
+        """final_metrics.json's content."""
+        case, scores = self.case, best.candidate.scores
+        content, quality = judged.content_consistency, judged.perceptual_quality
+        metrics: dict[str, float] = {name: scores[name] for name in sorted(scores)}
+        metrics["selection"] = best.selection
         metrics["judge_content"] = content
         metrics["judge_quality"] = quality
         metrics["judge_mean"] = (content + quality) / 2
-        final = {
+        return {
             "case": case.id,
             "category": case.category,
             "status": "done",
             "reference": {"file": case.path.name, "sha256": case.sha256},
             "best": {**best.record(), "file": f"iteration_{best.round}/{best.candidate.file}"},
             "metrics": metrics,
-            "metric_ids": s.metric_ids,
+            "metric_ids": self.settings.metric_ids,
             "judge": {"content_consistency": content, "perceptual_quality": quality, "rationale": judged.rationale},
-            "best_selection_by_round": best_so_far_curve,
-            "round_best_selection": round_best_curve,
-            "timings": {"stages_s": self.timings, "total_s": time.perf_counter() - started_case},
+            "best_selection_by_round": [r.best_so_far.selection if r.best_so_far else None for r in rounds],
+            "round_best_selection": [r.best.selection if r.best else None for r in rounds],
+            "timings": {"stages_s": self.timings, "total_s": time.perf_counter() - started},
         }
-        final_dir = self.layout.final_dir(case.id)
-        await asyncio.to_thread(atomic_write_bytes, final_dir / "best_image.png", best.candidate.png)
-        # Last: its existence marks the case as finished.
-        await self._write_json(self.layout.final_metrics_file(case.id), final)
-        return final
 
     async def _generate(self, candidates: list[Candidate]) -> None:
-        s = self.settings
-        g = s.generation
-        chunk = s.generator_max_batch or len(candidates)
-        requests = []
-        for start in range(0, len(candidates), chunk):
-            part = candidates[start : start + chunk]
-            request = generator_pb2.GenerateRequest(
-                prompts=[
-                    generator_pb2.PromptSpec(text=c.prompt, negative_prompt=g.negative_prompt, seed=c.seed)
-                    for c in part
-                ]
-            )
-            for name in ("width", "height", "steps", "guidance_scale"):
-                if getattr(g, name) is not None:
-                    setattr(request, name, getattr(g, name))
-            requests.append((part, request))
-        answers = await asyncio.gather(*(self.clients.generator.generate(req) for _, req in requests))
-        for (part, _), images in zip(requests, answers, strict=True):
+        """All candidates' images, in one Generate call per generator batch."""
+        chunk = self.settings.generator_max_batch or len(candidates)
+        parts = [candidates[i : i + chunk] for i in range(0, len(candidates), chunk)]
+        requests = [self._generate_request(part) for part in parts]
+        answers = await asyncio.gather(*(self.clients.generator.generate(request) for request in requests))
+        for part, images in zip(parts, answers, strict=True):
             for candidate, image in zip(part, images, strict=True):
-                if image.seed != candidate.seed:
-                    raise CaseFailed(
-                        "generate",
-                        f"generator answered seed {image.seed} for seed {candidate.seed}",
-                        round_index=self.round,
-                    )
-                if not image.refused and not image.png:
-                    raise CaseFailed(
-                        "generate", f"generator sent no image for candidate {candidate.index}", round_index=self.round
-                    )
-                candidate.png = b"" if image.refused else image.png
-                candidate.refused = image.refused
-                candidate.refusal_reason = image.refusal_reason
-                candidate.prompt_truncated = image.prompt_truncated
-                candidate.prompt_tokens = image.prompt_tokens
-                candidate.width, candidate.height = image.width, image.height
+                self._take_image(candidate, image)
+
+    def _generate_request(self, candidates: list[Candidate]) -> generator_pb2.GenerateRequest:
+        g = self.settings.generation
+        request = generator_pb2.GenerateRequest(
+            prompts=[
+                generator_pb2.PromptSpec(text=c.prompt, negative_prompt=g.negative_prompt, seed=c.seed)
+                for c in candidates
+            ]
+        )
+        # Unset parameters stay unset: the generator uses its model's defaults.
+        for name in ("width", "height", "steps", "guidance_scale"):
+            if getattr(g, name) is not None:
+                setattr(request, name, getattr(g, name))
+        return request
+
+    def _take_image(self, candidate: Candidate, image: generator_pb2.GeneratedImage) -> None:
+        if image.seed != candidate.seed:
+            raise CaseFailed(
+                "generate", f"generator answered seed {image.seed} for seed {candidate.seed}", round_index=self.round
+            )
+        if not image.refused and not image.png:
+            raise CaseFailed(
+                "generate", f"generator sent no image for candidate {candidate.index}", round_index=self.round
+            )
+        candidate.png = b"" if image.refused else image.png
+        candidate.refused = image.refused
+        candidate.refusal_reason = image.refusal_reason
+        candidate.prompt_truncated = image.prompt_truncated
+        candidate.prompt_tokens = image.prompt_tokens
+        candidate.width, candidate.height = image.width, image.height
 
     async def _score(self, reference: bytes, candidates: list[Candidate]) -> None:
         s = self.settings

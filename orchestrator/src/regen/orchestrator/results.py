@@ -1,4 +1,4 @@
-"""The results folder (SPEC §5) and atomic writes.
+"""The results folder and atomic writes.
 
     <out>/<run>/run.json
     <out>/<run>/<case>/iut.json

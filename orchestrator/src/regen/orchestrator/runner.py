@@ -14,11 +14,7 @@ removed and the case is run again from the start.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import importlib.metadata
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
@@ -26,18 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from regen.common.identity import model_json
 from regen.orchestrator.aggregate import aggregate
 from regen.orchestrator.clients import Clients
-from regen.orchestrator.config import RunConfig, stable_hash
 from regen.orchestrator.dataset import Case, Dataset, resolve_dataset
+from regen.orchestrator.identity import (
+    check_or_write_run_file,
+    default_run_name,
+    describe_models,
+    run_identity,
+    run_record,
+    stable_hash,
+)
 from regen.orchestrator.launcher import SERVICES, LocalServices
 from regen.orchestrator.loop import CaseFailed, CaseRunner, LoopSettings
 from regen.orchestrator.progress import Reporter, SilentReporter
-from regen.orchestrator.results import RunLayout, atomic_write_json, read_json
-from regen.orchestrator.seeds import SCHEME
+from regen.orchestrator.results import RunLayout, atomic_write_json
+from regen.orchestrator.settings import OrchestratorSettings
 
-RUN_FORMAT = "regen.run/1"
 TINY_MODEL_DIRS = ("clip", "dinov2", "stable-diffusion", "qwen2.5-vl")
 
 
@@ -53,57 +54,6 @@ class RunSummary:
     failed: int
     skipped: int
     benchmark: dict[str, Any]
-
-
-def regen_version() -> str:
-    try:
-        return importlib.metadata.version("regen-orchestrator")
-    except importlib.metadata.PackageNotFoundError:
-        from regen.common import __version__
-
-        return __version__
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "x"
-
-
-def default_run_name(dataset: str, generator_model: str, seed: int, config_hash: str) -> str:
-    model = Path(generator_model.rstrip("/")).name or generator_model
-    return f"{_slug(dataset)}-{_slug(model)}-seed{seed}-{config_hash[:8]}"
-
-
-def describe_models(describer_info: Any, generator_info: Any, scorer_info: Any) -> dict[str, Any]:
-    """Everything about the services that changes results (no timings, no counters)."""
-    return {
-        "describer": {**model_json(describer_info.model), "template_version": describer_info.template_version},
-        "generator": {
-            **model_json(generator_info.model),
-            "prompt_token_budget": generator_info.prompt_token_budget,
-            "default_width": generator_info.default_width,
-            "default_height": generator_info.default_height,
-            "default_steps": generator_info.default_steps,
-            "default_guidance_scale": round(float(generator_info.default_guidance_scale), 6),
-        },
-        "scorer": {
-            "models": [model_json(m) for m in scorer_info.models],
-            "metrics": [
-                {
-                    "id": m.id,
-                    "name": m.name,
-                    "checkpoint": m.checkpoint,
-                    "revision": m.revision,
-                    "definition": m.definition,
-                }
-                for m in scorer_info.metrics
-            ],
-            "metric_ids": {m.name: m.id for m in scorer_info.metrics},
-        },
-    }
-
-
-def _library_versions(info: Any) -> dict[str, str]:
-    return dict(sorted(info.server.library_versions.items()))
 
 
 def ensure_tiny_models(reporter: Reporter) -> None:
@@ -123,10 +73,10 @@ def ensure_tiny_models(reporter: Reporter) -> None:
         raise RunError(f"building the tiny models failed (exit code {done.returncode}):\n{tail}")
 
 
-def embedded_env(config: RunConfig) -> dict[str, str]:
+def embedded_env(preset: str) -> dict[str, str]:
     """The tiny preset runs on the CPU: one thread per service keeps results bit-exact
     across runs and stops three services from fighting over the cores."""
-    if config.preset != "tiny":
+    if preset != "tiny":
         return {}
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for name in SERVICES:
@@ -134,51 +84,56 @@ def embedded_env(config: RunConfig) -> dict[str, str]:
     return {key: value for key, value in env.items() if key not in os.environ}
 
 
-def run(config: RunConfig, reporter: Reporter | None = None) -> RunSummary:
-    """Run (or resume) a benchmark; start the services that have no address, and stop them after."""
+def run(
+    settings: OrchestratorSettings, reporter: Reporter | None = None, *, config_file: Path | None = None
+) -> RunSummary:
+    """Run (or resume) a benchmark; start the services that have no address, and stop them
+    after. `config_file` is passed to the services started here (they read their own
+    sections of it)."""
     reporter = reporter or SilentReporter()
     started = time.monotonic()
-    dataset = resolve_dataset(config.dataset)
-    cases = dataset.select(config.limit)
-    given = {name: getattr(config, name) for name in SERVICES if getattr(config, name)}
-    if not config.embedded:
-        return asyncio.run(_run(config, dataset, cases, given, reporter, started))
-    if config.preset == "tiny":
+    dataset = resolve_dataset(settings.dataset)
+    cases = dataset.select(settings.limit)
+    given = {name: address for name in SERVICES if (address := getattr(settings, name))}
+    if not settings.embedded:
+        return asyncio.run(_run(settings, dataset, cases, given, reporter, started))
+    preset = settings.service_preset
+    if preset == "tiny":
         ensure_tiny_models(reporter)
-    reporter.message(f"starting the {', '.join(config.embedded)} on 127.0.0.1 (preset {config.preset}) ...")
+    reporter.message(f"starting the {', '.join(settings.embedded)} on 127.0.0.1 (preset {preset}) ...")
     services = LocalServices(
-        names=config.embedded,
-        preset=config.preset,
-        config_file=config.service_config,
-        env=embedded_env(config),
-        startup_timeout_s=config.startup_timeout_s,
+        names=settings.embedded,
+        preset=preset,
+        config_file=config_file,
+        env=embedded_env(preset),
+        startup_timeout_s=settings.startup_timeout_s,
     )
     with services:
-        addresses = {**given, **{name: services.address(name) for name in config.embedded}}
+        addresses = {**given, **{name: services.address(name) for name in settings.embedded}}
         reporter.message("services: " + ", ".join(f"{n} {a}" for n, a in sorted(addresses.items())))
-        return asyncio.run(_run(config, dataset, cases, addresses, reporter, started))
+        return asyncio.run(_run(settings, dataset, cases, addresses, reporter, started))
 
 
 async def _run(
-    config: RunConfig,
+    settings: OrchestratorSettings,
     dataset: Dataset,
     cases: list[Case],
     addresses: dict[str, str],
     reporter: Reporter,
     started: float,
 ) -> RunSummary:
-    clients = Clients.connect(addresses, config.retry)
+    clients = Clients.connect(addresses, settings.retry)
     try:
-        await clients.wait_until_serving(config.connect_timeout_s)
-        return await _run_connected(config, dataset, cases, addresses, clients, reporter, started)
+        await clients.wait_until_serving(settings.connect_timeout_s)
+        return await _run_connected(settings, dataset, cases, addresses, clients, reporter, started)
     finally:
         await clients.close()
 
 
-def _loop_settings(config: RunConfig, generator_info: Any, scorer_info: Any) -> LoopSettings:
+def _loop_settings(settings: OrchestratorSettings, generator_info: Any, scorer_info: Any) -> LoopSettings:
     metric_names = {m.id: m.name for m in scorer_info.metrics}
     available = sorted(set(metric_names.values()))
-    unknown = sorted(set(config.selection_weights) - set(available))
+    unknown = sorted(set(settings.selection_weights) - set(available))
     if unknown:
         raise RunError(
             f"selection weights name {', '.join(unknown)}, "
@@ -187,51 +142,20 @@ def _loop_settings(config: RunConfig, generator_info: Any, scorer_info: Any) -> 
     if len(available) != len(metric_names):
         raise RunError(f"the scorer reports two metrics with one name: {sorted(metric_names.items())}")
     return LoopSettings(
-        run_seed=config.seed,
-        rounds=config.rounds,
-        candidates=config.candidates,
+        run_seed=settings.seed,
+        rounds=settings.rounds,
+        candidates=settings.candidates,
         token_budget=generator_info.prompt_token_budget,
-        generation=config.generation,
+        generation=settings.generation,
         metric_names=metric_names,
-        selection_weights=config.selection_weights,
+        selection_weights=settings.selection_weights,
         generator_max_batch=generator_info.max_batch,
         scorer_max_candidates=scorer_info.max_candidates,
     )
 
 
-def _check_or_write_run_file(layout: RunLayout, run_info: dict[str, Any]) -> None:
-    if layout.run_file.is_file():
-        previous = read_json(layout.run_file)
-        if previous.get("config_hash") != run_info["config_hash"]:
-            changed = [key for key in ("config", "dataset", "models") if previous.get(key) != run_info[key]]
-            detail = "; ".join(_first_difference(previous.get(key), run_info[key], key) for key in changed)
-            raise RunError(
-                f"{layout.root} holds a run with a different configuration ({detail or 'hash differs'}); "
-                "use the same options to resume it, or another --run-name/--out for a new run"
-            )
-        return
-    atomic_write_json(layout.run_file, run_info)
-
-
-def _first_difference(old: Any, new: Any, path: str) -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{path}.{key}")
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            if a != b:
-                return _first_difference(a, b, f"{path}[{i}]")
-    return f"{path} was {_short(old)}, now {_short(new)}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 async def _run_connected(
-    config: RunConfig,
+    settings: OrchestratorSettings,
     dataset: Dataset,
     cases: list[Case],
     addresses: dict[str, str],
@@ -242,59 +166,19 @@ async def _run_connected(
     describer_info, generator_info, scorer_info = await asyncio.gather(
         clients.describer.info(), clients.generator.info(), clients.scorer.info()
     )
-    settings = _loop_settings(config, generator_info, scorer_info)
-    models = describe_models(describer_info, generator_info, scorer_info)
-    identity = {
-        "config": config.result_config(),
-        "dataset": {"name": dataset.name, "cases": [[c.id, c.category, c.sha256] for c in cases]},
-        "models": models,
-    }
+    loop_settings = _loop_settings(settings, generator_info, scorer_info)
+    identity = run_identity(settings, dataset, cases, describe_models(describer_info, generator_info, scorer_info))
     config_hash = stable_hash(identity)
-    run_name = config.run_name or default_run_name(
-        dataset.name, models["generator"]["model_id"], config.seed, config_hash
-    )
-    layout = RunLayout(config.out / run_name)
+    generator_model = identity["models"]["generator"]["model_id"]
+    run_name = settings.run_name or default_run_name(dataset.name, generator_model, settings.seed, config_hash)
+    layout = RunLayout(settings.out / run_name)
     lock = layout.lock()
     try:
-        run_info = {
-            "format": RUN_FORMAT,
-            "run_name": run_name,
-            "config_hash": config_hash,
-            "config": identity["config"],
-            "dataset": {
-                "name": dataset.name,
-                "root": str(dataset.root),
-                "cases": [{"id": c.id, "category": c.category, "file": c.path.name, "sha256": c.sha256} for c in cases],
-            },
-            "models": models,
-            "seeds": {
-                "run_seed": config.seed,
-                "scheme": SCHEME,
-                "candidate": "parts: 'candidate', case id, round (1-based), candidate (1-based)",
-                "variants": "parts: 'variants', case id, round (1-based)",
-                "bootstrap": "parts: 'bootstrap', category or 'all', metric name",
-            },
-            "versions": {
-                "regen": regen_version(),
-                "python": platform.python_version(),
-                "services": {
-                    "describer": _library_versions(describer_info),
-                    "generator": _library_versions(generator_info),
-                    "scorer": _library_versions(scorer_info),
-                },
-            },
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "first_invocation": {
-                "addresses": addresses,
-                "embedded": list(config.embedded),
-                "preset": config.preset if config.embedded else None,
-                "concurrency": config.concurrency,
-            },
-        }
-        _check_or_write_run_file(layout, run_info)
-        run_info = read_json(layout.run_file)
+        infos = {"describer": describer_info, "generator": generator_info, "scorer": scorer_info}
+        record = run_record(settings, dataset, cases, identity, run_name, infos, addresses)
+        run_info = check_or_write_run_file(layout, record)
         layout.remove_stale_temporaries()
-        return await _run_cases(config, cases, clients, settings, layout, run_info, reporter, started)
+        return await _run_cases(settings, cases, clients, loop_settings, layout, run_info, reporter, started)
     finally:
         os.close(lock)
 
@@ -312,11 +196,27 @@ async def _busy(clients: Clients) -> dict[str, dict[str, float]]:
     return busy
 
 
+async def _run_case(
+    case: Case, clients: Clients, loop_settings: LoopSettings, layout: RunLayout, reporter: Reporter
+) -> None:
+    """One case from a clean folder; a failure is recorded in its error.json, not raised."""
+    await asyncio.to_thread(layout.reset_case, case.id)
+    try:
+        final = await CaseRunner(clients, loop_settings, layout, case, on_stage=reporter.stage).run()
+    except CaseFailed as failure:
+        record = {"case": case.id, "status": "failed", "failure": failure.record()}
+        await asyncio.to_thread(atomic_write_json, layout.error_file(case.id), record)
+        reporter.case_failed(case.id, f"{failure.stage}: {failure}")
+        return
+    m = final["metrics"]
+    reporter.case_done(case.id, f"selection {m['selection']:.4f}, judge {m['judge_content']}/{m['judge_quality']}")
+
+
 async def _run_cases(
-    config: RunConfig,
+    settings: OrchestratorSettings,
     cases: list[Case],
     clients: Clients,
-    settings: LoopSettings,
+    loop_settings: LoopSettings,
     layout: RunLayout,
     run_info: dict[str, Any],
     reporter: Reporter,
@@ -325,26 +225,12 @@ async def _run_cases(
     todo = [case for case in cases if not layout.is_done(case.id)]
     skipped = len(cases) - len(todo)
     busy_before = await _busy(clients)
-    semaphore = asyncio.Semaphore(config.concurrency)
-    counts = {"done": 0, "failed": 0}
+    semaphore = asyncio.Semaphore(settings.concurrency)
     work_started = time.monotonic()
 
     async def one(case: Case) -> None:
         async with semaphore:
-            await asyncio.to_thread(layout.reset_case, case.id)
-            try:
-                final = await CaseRunner(clients, settings, layout, case, on_stage=reporter.stage).run()
-            except CaseFailed as failure:
-                record = {"case": case.id, "status": "failed", "failure": failure.record()}
-                await asyncio.to_thread(atomic_write_json, layout.error_file(case.id), record)
-                counts["failed"] += 1
-                reporter.case_failed(case.id, f"{failure.stage}: {failure}")
-                return
-            counts["done"] += 1
-            m = final["metrics"]
-            reporter.case_done(
-                case.id, f"selection {m['selection']:.4f}, judge {m['judge_content']}/{m['judge_quality']}"
-            )
+            await _run_case(case, clients, loop_settings, layout, reporter)
 
     reporter.start(len(cases), skipped)
     try:

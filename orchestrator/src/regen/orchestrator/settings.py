@@ -1,33 +1,30 @@
-"""What a run is: the dataset, the loop's parameters, where the services are.
+"""The orchestrator's settings: section `orchestrator` of the config file (`--config FILE`
+or REGEN_CONFIG, the file the services read too), REGEN_ORCHESTRATOR_* variables, and
+`regen run`'s flags, whose defaults are this model's.
 
-Only some fields change results (`RESULT_FIELDS`); they form the run's identity, which
-is hashed into run.json so that a resume into the same folder with a different
-configuration is refused instead of silently mixing results.
+    orchestrator:
+      concurrency: 16
+      rounds: 3
+      generation: {width: 512, height: 512, steps: 30, guidance_scale: 7.5}
+      retry: {rpc_timeout_s: 900, max_attempts: 4}
+
+Nested values from the environment use a double underscore:
+REGEN_ORCHESTRATOR_RETRY__RPC_TIMEOUT_S=900. Precedence, highest first: flags,
+environment, config file, defaults. Only some settings change a run's numbers; they are
+its identity (`regen.orchestrator.identity`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from regen.common.settings import SectionSettings
 
 DEFAULT_SELECTION_WEIGHTS: dict[str, float] = {"clip": 0.5, "dinov2": 0.5}
-
-# Fields whose value changes a run's numbers; everything else (addresses, concurrency,
-# timeouts, progress style) may differ between a run and its resume.
-RESULT_FIELDS: tuple[str, ...] = (
-    "rounds",
-    "candidates",
-    "seed",
-    "limit",
-    "selection_weights",
-    "generation",
-    "bootstrap_resamples",
-    "confidence",
-)
 
 
 class GenerationParams(BaseModel):
@@ -58,9 +55,27 @@ class RetryPolicy(BaseModel):
         return min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def parse_weights(text: str) -> dict[str, float]:
+    """`clip=0.5,dinov2=0.5` -> {"clip": 0.5, "dinov2": 0.5}."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"selection weights {text!r}: expected name=weight pairs, e.g. clip=0.5,dinov2=0.5")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"selection weights {text!r}: {value!r} is not a number") from None
+    return weights
 
+
+class OrchestratorSettings(SectionSettings):
+    """What a run is: the dataset, the loop's parameters, where the services are."""
+
+    section: ClassVar[str] = "orchestrator"
+    model_config = SettingsConfigDict(env_prefix="REGEN_ORCHESTRATOR_", env_nested_delimiter="__", extra="forbid")
+
+    # evalref-100, or a folder of images (optionally with MANIFEST.json).
     dataset: str
     out: Path = Path("runs")
     # Folder name under `out`; default: derived from dataset, generator model, seed and
@@ -71,9 +86,8 @@ class RunConfig(BaseModel):
     describer: str | None = None
     generator: str | None = None
     scorer: str | None = None
-    # Settings preset and config file for locally started services.
-    preset: Literal["tiny", "default"] = "default"
-    service_config: Path | None = None
+    # Settings preset of locally started services (`regen run --preset`).
+    service_preset: Literal["tiny", "default"] = "default"
     startup_timeout_s: float = Field(600.0, gt=0)
     # How long to wait for a remote service whose health is NOT_SERVING (still loading).
     connect_timeout_s: float = Field(120.0, gt=0)
@@ -83,14 +97,22 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     limit: int | None = Field(None, ge=1)
     concurrency: int = Field(8, ge=1, le=1024)
-    # Selection score = sum of weight * metric over these scorer metric names.
-    selection_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SELECTION_WEIGHTS))
+    # Selection score = sum of weight * metric over these scorer metric names; a mapping,
+    # or the text form `clip=0.5,dinov2=0.5`.
+    selection_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_SELECTION_WEIGHTS)
+    )
     generation: GenerationParams = Field(default_factory=GenerationParams)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
     bootstrap_resamples: int = Field(10_000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
     progress: Literal["auto", "rich", "plain", "none"] = "auto"
+
+    @field_validator("selection_weights", mode="before")
+    @classmethod
+    def _weights_text(cls, weights: Any) -> Any:
+        return parse_weights(weights) if isinstance(weights, str) else weights
 
     @field_validator("selection_weights")
     @classmethod
@@ -108,32 +130,7 @@ class RunConfig(BaseModel):
             raise ValueError(f"run_name {name!r}: must be a plain folder name")
         return name
 
-    def result_config(self) -> dict[str, Any]:
-        """The part of the configuration that determines the numbers."""
-        data = self.model_dump(mode="json")
-        return {key: data[key] for key in RESULT_FIELDS}
-
     @property
     def embedded(self) -> tuple[str, ...]:
         """Services this run starts itself."""
         return tuple(name for name in ("describer", "generator", "scorer") if getattr(self, name) is None)
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """`clip=0.5,dinov2=0.5` -> {"clip": 0.5, "dinov2": 0.5}."""
-    weights: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"selection weights {text!r}: expected name=weight pairs, e.g. clip=0.5,dinov2=0.5")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"selection weights {text!r}: {value!r} is not a number") from None
-    return weights
-
-
-def stable_hash(data: Any) -> str:
-    """sha256 of canonical JSON (sorted keys), for identities that must survive restarts."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
