@@ -102,9 +102,12 @@ def test_shared_config_files_are_valid_settings() -> None:
     from regen.generator.settings import GeneratorSettings
     from regen.scorer.settings import ScorerSettings
 
+    from regen.orchestrator.settings import OrchestratorSettings
+
     for config in (REPO_ROOT / "deploy" / "regen.yaml", K8S / "base" / "regen.yaml"):
         for cls in (DescriberSettings, GeneratorSettings, ScorerSettings):
             load_settings(cls, preset="default", config_file=config)
+        load_settings(OrchestratorSettings, config_file=config, dataset="evalref-100")
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE_PORTS))

@@ -57,9 +57,15 @@ def load_metrics(settings: ScorerSettings, context: MetricContext) -> list[Metri
         except ValueError as exc:
             raise ValueError(f"metrics: {exc}") from None
         values: dict[str, Any] = {}
-        if settings.tiny_models is not None and cls.tiny_version:
-            values = cls.tiny_options(settings.tiny_models / name)
-        values |= settings.metric_options.get(name, {})
+        given = settings.metric_options.get(name, {})
+        if settings.tiny_models is not None and cls.tiny_version and "model" not in given:
+            folder = settings.tiny_models / name
+            if not folder.is_dir():
+                raise ValueError(
+                    f"metrics: {name}'s tiny model is missing at {folder}; build it with regen tiny-models"
+                )
+            values = cls.tiny_options(folder)
+        values |= given
         try:
             options = cls.Options.model_validate(values)
         except ValidationError as exc:
