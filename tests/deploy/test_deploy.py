@@ -100,9 +100,8 @@ def test_shared_config_files_are_valid_settings() -> None:
     from regen.common.settings import load_settings
     from regen.describer.settings import DescriberSettings
     from regen.generator.settings import GeneratorSettings
-    from regen.scorer.settings import ScorerSettings
-
     from regen.orchestrator.settings import OrchestratorSettings
+    from regen.scorer.settings import ScorerSettings
 
     for config in (REPO_ROOT / "deploy" / "regen.yaml", K8S / "base" / "regen.yaml"):
         for cls in (DescriberSettings, GeneratorSettings, ScorerSettings):
