@@ -1,4 +1,4 @@
-"""Describer engine pieces without a model: schemas and their size bounds, lenient parsing,
+"""Describer core pieces without a model: schemas and their size bounds, lenient parsing,
 the token estimate, the repair path, the cache and in-flight sharing (a scripted backend
 stands in for the model; the server tests in test_describer.py use the real one)."""
 
@@ -19,7 +19,7 @@ from regen.describer.answers import Difference, GlobalFeatures, ImageUnderstandi
 from regen.describer.backends.base import BackendIdentity, Completion, ModelCall
 from regen.describer.budget import EstimatedTokens, budget_problem
 from regen.describer.cache import AnswerCache
-from regen.describer.engine import Describer, EngineOptions
+from regen.describer.core import CoreOptions, DescriberCore
 
 BOUNDS = schemas.AnswerBounds(text_chars=40, field_chars=12, relationships=3, differences=2)
 
@@ -48,8 +48,8 @@ class ScriptedBackend:
         return None
 
 
-def engine(backend: ScriptedBackend, cache: AnswerCache | None = None, **options) -> Describer:
-    return Describer(backend, EngineOptions(bounds=BOUNDS, **options), cache=cache)
+def make_core(backend: ScriptedBackend, cache: AnswerCache | None = None, **options) -> DescriberCore:
+    return DescriberCore(backend, CoreOptions(bounds=BOUNDS, **options), cache=cache)
 
 
 def png(color=(200, 30, 30), size=(64, 48)) -> bytes:
@@ -171,12 +171,12 @@ def test_token_estimate_counts_words_digits_punctuation_and_specials():
     assert budget_problem("prompt", "x " * 500, 0, counter) is None
 
 
-# ---------------------------------------------------------------- engine
+# ---------------------------------------------------------------- core
 
 
 def test_understand_validates_and_drops_relationships_without_two_objects():
     backend = ScriptedBackend(json.dumps(iut_json(objects=1, relationships=2)))
-    result = asyncio.run(engine(backend).understand(png()))
+    result = asyncio.run(make_core(backend).understand(png()))
     assert result.answer.relationships == ()
     assert len(result.answer.objects) == 1
     assert result.call.attempts == 1 and not result.call.cached
@@ -187,7 +187,7 @@ def test_understand_validates_and_drops_relationships_without_two_objects():
 
 def test_invalid_answer_is_repaired_with_the_problems_listed():
     backend = ScriptedBackend('{"prompt": ""}', '{"prompt": "red coat, street"}')
-    result = asyncio.run(engine(backend).revise("a coat", [Difference("content", "no street")], 0))
+    result = asyncio.run(make_core(backend).revise("a coat", [Difference("content", "no street")], 0))
     assert result.answer == "red coat, street"
     assert result.call.attempts == 2
     repair = backend.calls[1].messages
@@ -198,7 +198,7 @@ def test_invalid_answer_is_repaired_with_the_problems_listed():
 def test_answer_that_stays_invalid_fails_with_the_raw_text():
     backend = ScriptedBackend("the model rambles instead of answering")
     with pytest.raises(BadModelOutput) as info:
-        asyncio.run(engine(backend, max_repairs=2).judge(png(), png((0, 0, 0))))
+        asyncio.run(make_core(backend, max_repairs=2).judge(png(), png((0, 0, 0))))
     assert len(backend.calls) == 3
     assert info.value.raw == "the model rambles instead of answering"
     assert "no JSON object" in str(info.value) and "raw output" in str(info.value)
@@ -209,7 +209,7 @@ def test_over_budget_prompt_goes_through_repair_then_fails_clearly():
     backend = ScriptedBackend(long_prompt)
     iut = ImageUnderstandingTree.from_json(iut_json())
     with pytest.raises(BadModelOutput) as info:
-        asyncio.run(engine(backend, max_repairs=1).write_prompt(iut, token_budget=8))
+        asyncio.run(make_core(backend, max_repairs=1).write_prompt(iut, token_budget=8))
     assert "over the budget of 8" in str(info.value)
     assert "over the budget of 8" in backend.calls[1].messages[-1].text
 
@@ -218,7 +218,7 @@ def test_variants_must_be_exactly_n_distinct_and_sampled_with_the_seed():
     duplicate = json.dumps({"prompts": ["a cat", "A  cat", "a dog"]})
     good = json.dumps({"prompts": ["a cat", "a kitten", "a small cat"]})
     backend = ScriptedBackend(duplicate, good)
-    result = asyncio.run(engine(backend).variants("a cat", 3, 0, seed=7))
+    result = asyncio.run(make_core(backend).variants("a cat", 3, 0, seed=7))
     assert result.answer == ["a cat", "a kitten", "a small cat"]
     assert "prompts[1]: repeats prompts[0]" in backend.calls[1].messages[-1].text
     assert [c.seed for c in backend.calls] == [7, 8]
@@ -245,7 +245,7 @@ def test_variants_must_be_exactly_n_distinct_and_sampled_with_the_seed():
 def test_bad_input_is_refused_before_any_model_call(call, field):
     backend = ScriptedBackend("{}")
     with pytest.raises(InvalidInput) as info:
-        asyncio.run(call(engine(backend)))
+        asyncio.run(call(make_core(backend)))
     assert str(info.value).startswith(field + ":")
     assert backend.calls == []
 
@@ -265,7 +265,7 @@ def test_write_prompt_refuses_a_malformed_iut():
     ]
     for iut, field in cases:
         with pytest.raises(InvalidInput, match=re.escape(field) + ":"):
-            asyncio.run(engine(ScriptedBackend("{}")).write_prompt(iut, 77))
+            asyncio.run(make_core(ScriptedBackend("{}")).write_prompt(iut, 77))
 
 
 def test_compose_draft_keeps_the_most_important_first():
@@ -277,28 +277,28 @@ def test_compose_draft_keeps_the_most_important_first():
 # ---------------------------------------------------------------- cache
 
 
-def test_cache_persists_across_engines_and_keys_follow_every_input(tmp_path):
+def test_cache_persists_across_cores_and_keys_follow_every_input(tmp_path):
     answer = json.dumps({"rationale": "close match", "content_consistency": 4, "perceptual_quality": 5})
     first = ScriptedBackend(answer)
-    result = asyncio.run(engine(first, AnswerCache(tmp_path)).judge(png(), png((0, 0, 0))))
+    result = asyncio.run(make_core(first, AnswerCache(tmp_path)).judge(png(), png((0, 0, 0))))
     assert not result.call.cached and len(first.calls) == 1
     entry = tmp_path / result.call.cache_key[:2] / f"{result.call.cache_key}.json"
     assert json.loads(entry.read_text())["answer"]["content_consistency"] == 4
 
     second = ScriptedBackend("unused")
-    again = asyncio.run(engine(second, AnswerCache(tmp_path)).judge(png(), png((0, 0, 0))))
+    again = asyncio.run(make_core(second, AnswerCache(tmp_path)).judge(png(), png((0, 0, 0))))
     assert again.call.cached and again.call.attempts == 0 and second.calls == []
     assert again.answer == result.answer and again.call.cache_key == result.call.cache_key
 
     # Same pixels in another encoding share the key; other inputs or settings do not.
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="BMP")
-    same_pixels = asyncio.run(engine(second, AnswerCache(tmp_path)).judge(buf.getvalue(), png((0, 0, 0))))
+    same_pixels = asyncio.run(make_core(second, AnswerCache(tmp_path)).judge(buf.getvalue(), png((0, 0, 0))))
     assert same_pixels.call.cached
     other = ScriptedBackend(answer)
     keys = {
-        asyncio.run(engine(other, AnswerCache(tmp_path)).judge(png((1, 2, 3)), png((0, 0, 0)))).call.cache_key,
-        asyncio.run(engine(other, AnswerCache(tmp_path), max_repairs=5).judge(png(), png((0, 0, 0)))).call.cache_key,
+        asyncio.run(make_core(other, AnswerCache(tmp_path)).judge(png((1, 2, 3)), png((0, 0, 0)))).call.cache_key,
+        asyncio.run(make_core(other, AnswerCache(tmp_path), max_repairs=5).judge(png(), png((0, 0, 0)))).call.cache_key,
         result.call.cache_key,
     }
     assert len(keys) == 3
@@ -306,10 +306,10 @@ def test_cache_persists_across_engines_and_keys_follow_every_input(tmp_path):
 
 def test_variants_key_depends_on_the_seed(tmp_path):
     backend = ScriptedBackend(json.dumps({"prompts": ["a cat", "a kitten"]}))
-    cached_engine = engine(backend, AnswerCache(tmp_path))
-    one = asyncio.run(cached_engine.variants("a cat", 2, 0, seed=1))
-    same = asyncio.run(cached_engine.variants("a cat", 2, 0, seed=1))
-    other = asyncio.run(cached_engine.variants("a cat", 2, 0, seed=2))
+    cached_core = make_core(backend, AnswerCache(tmp_path))
+    one = asyncio.run(cached_core.variants("a cat", 2, 0, seed=1))
+    same = asyncio.run(cached_core.variants("a cat", 2, 0, seed=1))
+    other = asyncio.run(cached_core.variants("a cat", 2, 0, seed=2))
     assert same.call.cached and same.call.cache_key == one.call.cache_key
     assert not other.call.cached and other.call.cache_key != one.call.cache_key
 
@@ -317,16 +317,16 @@ def test_variants_key_depends_on_the_seed(tmp_path):
 def test_corrupt_cache_entry_is_a_miss_and_is_rewritten(tmp_path):
     answer = json.dumps({"prompt": "red coat"})
     backend = ScriptedBackend(answer)
-    first = asyncio.run(engine(backend, AnswerCache(tmp_path)).revise("coat", [Difference("style", "photo")], 0))
+    first = asyncio.run(make_core(backend, AnswerCache(tmp_path)).revise("coat", [Difference("style", "photo")], 0))
     path = tmp_path / first.call.cache_key[:2] / f"{first.call.cache_key}.json"
     path.write_text("{ truncated")
-    again = asyncio.run(engine(backend, AnswerCache(tmp_path)).revise("coat", [Difference("style", "photo")], 0))
+    again = asyncio.run(make_core(backend, AnswerCache(tmp_path)).revise("coat", [Difference("style", "photo")], 0))
     assert not again.call.cached and json.loads(path.read_text())["answer"] == {"prompt": "red coat"}
 
 
 def test_identical_concurrent_requests_share_one_model_call():
     backend = ScriptedBackend(json.dumps({"prompt": "red coat"}), delay_s=0.05)
-    describer = engine(backend)
+    describer = make_core(backend)
 
     async def both():
         return await asyncio.gather(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from regen.describer.schemas import FEATURES, attributes_of
+from regen.common.describer_json import FEATURES, attributes_of
 
 
 @dataclass(frozen=True)

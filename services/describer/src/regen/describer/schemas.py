@@ -7,7 +7,7 @@ backend that ignores the constraint still cannot slip an invalid answer through.
 Every string is printable ASCII without double quotes or backslashes, bounded by a
 `pattern` rather than `maxLength` (xgrammar ignores `maxLength` next to a pattern, and
 OpenAI's strict mode does not accept it). The pattern keeps out everything that makes
-constrained JSON go wrong: raw control characters (SPEC §7), escape sequences, and the
+constrained JSON go wrong: raw control characters, escape sequences, and the
 partial UTF-8 sequences a byte-level sampler can produce inside a negated character class.
 Text-to-image encoders such as CLIP are trained on ASCII text anyway. A string's length
 in the JSON text then equals its length as a value and its size in bytes, arrays are
@@ -23,6 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# The IUT's vocabulary (object types and their attributes, features, aspects) is the
+# one JSON form's, shared with the orchestrator.
+from regen.common.describer_json import ASPECTS, FEATURES, OBJECT_TYPES, attributes_of
+
 # Printable ASCII (0x20-0x7e) less the double quote (0x22) and the backslash (0x5c); the
 # first character of a required text is not a space.
 _FIRST_CHAR = "[\\x21\\x23-\\x5b\\x5d-\\x7e]"
@@ -30,23 +34,10 @@ _TEXT_CHAR = "[\\x20\\x21\\x23-\\x5b\\x5d-\\x7e]"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _QUANTIFIER = re.compile(r"\{(\d+),(\d+)\}")
 
-OBJECT_TYPES: tuple[str, ...] = ("person", "animal", "object")
-COMMON_ATTRIBUTES: tuple[str, ...] = ("color", "material", "position", "texture")
-TYPE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "person": ("posture", "expression", "clothing"),
-    "animal": ("species", "posture", "expression"),
-    "object": ("function", "state"),
-}
-FEATURES: tuple[str, ...] = ("style", "lighting", "color_palette", "composition")
-ASPECTS: tuple[str, ...] = ("style", "composition", "content")
 MAX_OBJECTS = 5
 SCORE_MIN, SCORE_MAX = 1, 5
 # A prompt's character bound for a token budget: about this many characters per token.
 CHARS_PER_BUDGET_TOKEN = 6
-
-
-def attributes_of(object_type: str) -> tuple[str, ...]:
-    return COMMON_ATTRIBUTES + TYPE_ATTRIBUTES[object_type]
 
 
 @dataclass(frozen=True)
@@ -75,19 +66,43 @@ def _choice(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return {"type": "string", "enum": list(values)}
 
 
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
+def _object(properties: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(properties)
+    schema["additionalProperties"] = False
+    return schema
 
 
 def _scene_object(object_type: str, bounds: AnswerBounds) -> dict[str, Any]:
     attributes = {name: text(bounds.field_chars, required=False) for name in attributes_of(object_type)}
     return _object(
         {"name": text(bounds.field_chars), "type": _choice([object_type]), "attributes": _object(attributes)}
+    )
+
+
+def iut_form_schema() -> dict[str, Any]:
+    """The IUT as requests and responses carry it (`regen.common.describer_json`), for the
+    HTTP API's documentation: the answer schema's shape without its length bounds; a
+    missing text reads as empty. The describer's input checks apply on top."""
+    string = {"type": "string"}
+
+    def scene_object(object_type: str) -> dict[str, Any]:
+        attributes = _object({name: string for name in attributes_of(object_type)}, required=False)
+        return _object({"name": string, "type": _choice([object_type]), "attributes": attributes}, required=False)
+
+    return _object(
+        {
+            "global_description": string,
+            "global_features": _object({name: string for name in FEATURES}, required=False),
+            "objects": {
+                "type": "array",
+                "maxItems": MAX_OBJECTS,
+                "items": {"anyOf": [scene_object(t) for t in OBJECT_TYPES]},
+            },
+            "relationships": {"type": "array", "items": string},
+        },
+        required=False,
     )
 
 

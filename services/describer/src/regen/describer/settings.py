@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -16,7 +16,9 @@ class DescriberSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="REGEN_DESCRIBER_", env_nested_delimiter="__", extra="forbid")
 
     port: int = Field(50051, ge=0, le=65535)
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    # A name in regen.describer.backends.REGISTRY (built in: transformers, vllm, openai)
+    # or of an installed plugin; checked when the core is built.
+    backend: str = "transformers"
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     revision: str | None = None
     # Cap on generated tokens per model call; each task's own limit is the longest answer

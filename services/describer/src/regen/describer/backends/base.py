@@ -2,17 +2,24 @@
 
 A backend turns one chat (system, user, maybe a failed answer and a repair request) with
 images and a JSON schema into text. It knows nothing of tasks, caching or validation.
+A new backend is one module with a class that satisfies `Backend`, plus its line in
+`backends/__init__.py` (or an entry point in the group "regen.describer.backends").
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from PIL import Image
 
 from regen.common.batching import BatchStats
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from regen.describer.settings import DescriberSettings
 
 Role = Literal["system", "user", "assistant"]
 
@@ -72,6 +79,12 @@ class BackendIdentity:
 
 class Backend(Protocol):
     identity: BackendIdentity
+
+    @classmethod
+    def from_settings(cls, settings: DescriberSettings) -> Self:
+        """Build the backend from the describer's settings (slow: loads weights, starts
+        an engine or opens a client); raise on what it cannot use."""
+        ...
 
     async def complete(self, call: ModelCall) -> Completion: ...
 

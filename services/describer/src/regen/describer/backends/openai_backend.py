@@ -17,12 +17,16 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regen.common.batching import BatchStats
 from regen.common.errors import UpstreamError
+from regen.common.identity import model_revision
 from regen.common.images import encode_png
 from regen.describer.backends.base import BackendIdentity, CallCounter, Completion, Message, ModelCall
+
+if TYPE_CHECKING:
+    from regen.describer.settings import DescriberSettings
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,20 @@ class OpenAIBackend:
             extra={"base_url": self.base_url},
         )
         self._counter = CallCounter()
+
+    @classmethod
+    def from_settings(cls, settings: DescriberSettings) -> OpenAIBackend:
+        # A local model folder served by `vllm serve` or `transformers serve` is
+        # identified by its files; a hosted model by the settings' revision, else "api".
+        local = Path(settings.model).expanduser().exists()
+        return cls(
+            settings.model,
+            base_url=settings.api_base_url,
+            api_key=read_api_key(settings.api_key_env, settings.api_key_file),
+            revision=settings.revision or (model_revision(settings.model) if local else "api"),
+            timeout_s=settings.api_timeout_s,
+            max_retries=settings.api_max_retries,
+        )
 
     def stats(self) -> BatchStats:
         return self._counter.stats

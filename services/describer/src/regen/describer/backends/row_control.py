@@ -15,16 +15,20 @@ has no per-row limits or seeds; hence this class.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import LogitsProcessor
+
+if TYPE_CHECKING:
+    from xgrammar import CompiledGrammar, GrammarMatcher
 
 
 class RowControl(LogitsProcessor):
     def __init__(
         self,
         *,
-        grammars: Sequence[object | None],
+        grammars: Sequence[CompiledGrammar | None],
         temperatures: Sequence[float],
         seeds: Sequence[int],
         max_tokens: Sequence[int],
@@ -38,8 +42,8 @@ class RowControl(LogitsProcessor):
         self.max_tokens = list(max_tokens)
         self.min_tokens = list(min_tokens)
         self.temperatures = list(temperatures)
-        self.matchers: list[object | None] = []
-        self.bitmask = None
+        self.matchers: list[GrammarMatcher | None] = []
+        self.bitmask: torch.Tensor | None = None
         if any(g is not None for g in grammars):
             import xgrammar as xgr
 
@@ -60,12 +64,12 @@ class RowControl(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.generated > 0:
             self._accept(input_ids[:, -1].tolist())
-        constrained = [i for i, m in enumerate(self.matchers) if m is not None and not self.finished[i]]
-        if constrained:
-            for i in constrained:
-                self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
+        constrained = [(i, m) for i, m in enumerate(self.matchers) if m is not None and not self.finished[i]]
+        if constrained and self.bitmask is not None:
+            for i, matcher in constrained:
+                matcher.fill_next_token_bitmask(self.bitmask, i)
             self._xgr.apply_token_bitmask_inplace(
-                scores, self.bitmask.to(scores.device, non_blocking=True), indices=constrained
+                scores, self.bitmask.to(scores.device, non_blocking=True), indices=[i for i, _m in constrained]
             )
         for i in range(self.batch):
             if self.finished[i]:

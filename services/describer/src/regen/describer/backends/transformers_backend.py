@@ -12,11 +12,16 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regen.common.batching import BatchStats, MicroBatcher
+from regen.common.identity import model_revision
+from regen.common.settings import resolve_device, resolve_dtype
 from regen.describer.backends.base import BackendIdentity, Completion, Message, ModelCall
 from regen.describer.schemas import canonical_json
+
+if TYPE_CHECKING:
+    from regen.describer.settings import DescriberSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,25 @@ class TransformersBackend:
             self.generate_batch, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue, name="describer"
         )
 
+    @classmethod
+    def from_settings(cls, settings: DescriberSettings) -> TransformersBackend:
+        revision = model_revision(settings.model, settings.revision)
+        if settings.cpu_threads:
+            import torch
+
+            torch.set_num_threads(settings.cpu_threads)
+        device = resolve_device(settings.device)
+        return cls(
+            settings.model,
+            revision=settings.revision,
+            device=device,
+            dtype=resolve_dtype(settings.dtype, device),
+            model_revision=revision,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue=settings.max_queue,
+        )
+
     def _stop_ids(self) -> list[int]:
         ids: list[int] = []
         configured = getattr(self.model.generation_config, "eos_token_id", None)
@@ -116,6 +140,8 @@ class TransformersBackend:
     # ------------------------------------------------------------ worker thread
 
     def grammar(self, schema: dict[str, Any]) -> Any:
+        if self._compiler is None:
+            raise RuntimeError("this backend was built with constrained=False: it compiles no grammars")
         key = canonical_json(schema)
         with self._grammar_lock:
             compiled = self._grammars.get(key)

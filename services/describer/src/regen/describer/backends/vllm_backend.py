@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regen.common.batching import BatchStats
+from regen.common.identity import model_revision
 from regen.describer.backends.base import BackendIdentity, CallCounter, Completion, ModelCall
 from regen.describer.backends.transformers_backend import chat_conversation
+
+if TYPE_CHECKING:
+    from regen.describer.settings import DescriberSettings
 
 MAX_IMAGES_PER_PROMPT = 2
 
@@ -65,6 +69,18 @@ class VLLMBackend:
             backend="vllm", model_id=model_id, revision=model_revision, device="cuda", dtype=dtype
         )
         self._counter = CallCounter()
+
+    @classmethod
+    def from_settings(cls, settings: DescriberSettings) -> VLLMBackend:
+        return cls(
+            settings.model,
+            revision=settings.revision,
+            model_revision=model_revision(settings.model, settings.revision),
+            dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_model_len=settings.max_model_len,
+            image_max_side=settings.image_max_side,
+        )
 
     def stats(self) -> BatchStats:
         return self._counter.stats

@@ -1,20 +1,29 @@
-"""regen.v1.Describer over gRPC (grpc.aio). Batching happens below, in the backend:
-the transformers backend coalesces concurrent model calls (repairs included) in its
-MicroBatcher; vLLM and remote APIs batch on their side."""
+"""regen.v1.Describer over gRPC (grpc.aio): the servicer over the core, and
+`regen serve describer`, the describer as a standalone gRPC process.
+
+Batching happens below, in the backend: the transformers backend coalesces concurrent
+model calls (repairs included) in its MicroBatcher; vLLM and remote APIs batch on their
+side."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from regen.common.grpc_server import CoreSlot, Registration, grpc_errors
 from regen.common.identity import server_info
+from regen.common.serving import run_service
+from regen.common.settings import load_settings
 from regen.describer import convert
-from regen.describer.engine import Describer
+from regen.describer.core import DescriberCore
+from regen.describer.settings import DescriberSettings
 from regen.v1 import common_pb2, describer_pb2, describer_pb2_grpc
 
 LIBRARIES = ("torch", "transformers", "xgrammar", "vllm", "openai", "jsonschema", "pillow")
 
 
-def describer_info(engine: Describer) -> describer_pb2.DescriberInfo:
-    identity = engine.identity
+def describer_info(core: DescriberCore) -> describer_pb2.DescriberInfo:
+    identity = core.identity
     return describer_pb2.DescriberInfo(
         model=common_pb2.ModelInfo(
             model_id=identity.model_id,
@@ -23,13 +32,13 @@ def describer_info(engine: Describer) -> describer_pb2.DescriberInfo:
             device=identity.device,
             dtype=identity.dtype,
         ),
-        server=server_info(engine.backend.stats(), *LIBRARIES),
-        template_version=engine.template_version,
+        server=server_info(core.backend.stats(), *LIBRARIES),
+        template_version=core.template_version,
     )
 
 
 class DescriberServicer(describer_pb2_grpc.DescriberServicer):
-    def __init__(self, slot: CoreSlot[Describer]) -> None:
+    def __init__(self, slot: CoreSlot[DescriberCore]) -> None:
         self.slot = slot
 
     @grpc_errors
@@ -45,8 +54,8 @@ class DescriberServicer(describer_pb2_grpc.DescriberServicer):
 
     @grpc_errors
     async def WritePrompt(self, request, context):
-        engine = self.slot.get()
-        result = await engine.write_prompt(convert.iut_from_proto(request.iut), request.token_budget)
+        core = self.slot.get()
+        result = await core.write_prompt(convert.iut_from_proto(request.iut), request.token_budget)
         return describer_pb2.PromptResponse(prompt=result.answer, call=convert.call_info(result.call))
 
     @grpc_errors
@@ -80,9 +89,24 @@ class DescriberServicer(describer_pb2_grpc.DescriberServicer):
         )
 
 
-def describer_registration(slot: CoreSlot[Describer]) -> Registration:
-    return Registration(
-        add_to_server=describer_pb2_grpc.add_DescriberServicer_to_server,
-        servicer=DescriberServicer(slot),
-        service_name=describer_pb2.DESCRIPTOR.services_by_name["Describer"].full_name,
-    )
+def build_core(settings: DescriberSettings) -> DescriberCore:
+    """Load the backend (slow) and wrap it in the core with its cache."""
+    return DescriberCore.from_settings(settings)
+
+
+def registrations(slot: CoreSlot[DescriberCore], settings: DescriberSettings) -> list[Registration]:
+    return [
+        Registration(
+            add_to_server=describer_pb2_grpc.add_DescriberServicer_to_server,
+            servicer=DescriberServicer(slot),
+            service_name=describer_pb2.DESCRIPTOR.services_by_name["Describer"].full_name,
+        )
+    ]
+
+
+def serve(
+    *, port_file: Path | None = None, preset: str | None = None, config_file: Path | None = None, **overrides: Any
+) -> None:
+    """`regen serve describer`: bind, load the model, serve until SIGTERM."""
+    settings = load_settings(DescriberSettings, preset=preset, config_file=config_file, **overrides)
+    run_service(settings, build_core, registrations, port_file=port_file, close_core=lambda core: core.aclose())
