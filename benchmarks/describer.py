@@ -13,7 +13,7 @@ Rows, each at concurrency (batch) 1 and 8:
                 left-padded `generate` with per-row control (RowControl). The ratio to
                 hf-generate at the same concurrency is the serving overhead (or gain).
                 Both are timed --reps times, alternating, and keep their best time.
-  understand    (tiny only) the real task: Describer.understand on distinct EvalRef
+  understand    (tiny only) the real task: DescriberCore.understand on distinct EvalRef
                 images, cache off, xgrammar-constrained IUT of varying length.
 Output tokens count every generated token. Needs no network: the real shapes are built
 from a config in this file, and the tokenizer/processor come from the tiny model.
@@ -205,13 +205,13 @@ def backend_wave(backend, image, tokens: int, concurrency: int):
     return wave
 
 
-async def understand_closed_loop(engine, pngs: list[bytes], concurrency: int, per_worker: int) -> Row:
+async def understand_closed_loop(core, pngs: list[bytes], concurrency: int, per_worker: int) -> Row:
     """`concurrency` clients, each sending `per_worker` Understand requests in turn."""
 
     async def worker(index: int) -> int:
         produced = 0
         for k in range(per_worker):
-            result = await engine.understand(pngs[(index * per_worker + k) % len(pngs)])
+            result = await core.understand(pngs[(index * per_worker + k) % len(pngs)])
             produced += result.call.output_tokens
         return produced
 
@@ -304,15 +304,15 @@ def main() -> int:
             rows += [baseline[concurrency], Row("backend", concurrency, concurrency, ours_best, concurrency * tokens)]
         if args.shapes == "tiny":
             from regen.common.settings import load_settings
-            from regen.describer.engine import Describer, EngineOptions
+            from regen.describer.core import CoreOptions, DescriberCore
             from regen.describer.settings import DescriberSettings
 
             settings = load_settings(DescriberSettings, preset="tiny")
-            engine = Describer(backend(constrained=True), EngineOptions.from_settings(settings), cache=None)
+            core = DescriberCore(backend(constrained=True), CoreOptions.from_settings(settings), cache=None)
             pngs = evalref_pngs(16)
-            runner.run(engine.understand(pngs[0]))  # warm-up: grammar compilation
+            runner.run(core.understand(pngs[0]))  # warm-up: grammar compilation
             for concurrency in (1, 8):
-                rows.append(runner.run(understand_closed_loop(engine, pngs, concurrency, max(2, args.reps))))
+                rows.append(runner.run(understand_closed_loop(core, pngs, concurrency, max(2, args.reps))))
 
     header = (
         f"describer benchmark: shapes={args.shapes} ({params / 1e6:.1f}M parameters, {model.dtype}), "
