@@ -3,7 +3,7 @@
 `transformers serve`. The tiny model's words mean nothing; its answers must still be
 schema-valid (constrained decoding) or, where decoding is not constrained, either valid
 or a clear FAILED_PRECONDITION with the raw text. What any describer must do is in
-contract_checks.py (run by test_describer_contract.py); the HTTP API is tested in
+tests/support/contract/describer_checks.py (run by tests/contract); the HTTP API is tested in
 test_describer_http.py."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import ClassVar
 
 import grpc
 import pytest
-from describer import contract_checks
 from support.bento_server import free_port, stop_process_group
+from support.contract import describer_checks as contract_checks
 
 from regen.common.grpc_server import channel_options
 from regen.common.settings import load_settings

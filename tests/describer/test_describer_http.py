@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 import jsonschema
 import pytest
-from describer import contract_checks
 from support.bento_server import post_json, serve_bento
+from support.contract import describer_checks as contract_checks
 
-from regen.common import describer_json
+from regen.common import bento, describer_json
 from regen.common.grpc_server import channel_options
 from regen.describer import schemas
 from regen.v1 import common_pb2, describer_pb2, describer_pb2_grpc
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 # Each endpoint's request and response bodies.
 ENDPOINTS: dict[str, tuple[type, type]] = {
-    "info": (http_api.NoBody, http_api.DescriberInfoBody),
+    "info": (bento.NoBody, http_api.DescriberInfoBody),
     "understand": (http_api.UnderstandBody, http_api.UnderstoodBody),
     "write_prompt": (http_api.WritePromptBody, http_api.PromptBody),
     "variants": (http_api.VariantsBody, http_api.PromptsBody),

@@ -1,6 +1,6 @@
 """The generator service with the tiny Stable Diffusion pipeline, through a real
 `regen serve generator --preset tiny` process on 127.0.0.1: what this implementation
-does beyond the contract (contract_checks.py, run by test_generator_contract.py)."""
+does beyond the contract (tests/support/contract/generator_checks.py, run by tests/contract)."""
 
 from __future__ import annotations
 

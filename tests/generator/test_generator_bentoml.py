@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from generator import contract_checks
 from PIL import Image
 from support.bento_server import post, serve_bento
+from support.contract import generator_checks as contract_checks
 
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 

@@ -149,18 +149,6 @@ def test_an_unknown_engine_is_refused_naming_the_setting_and_the_choices() -> No
         GeneratorCore.load(settings)
 
 
-def test_the_transport_free_modules_import_no_transport_and_no_torch() -> None:
-    code = (
-        "import sys\n"
-        "import regen.generator.core, regen.generator.settings, regen.generator.engines.base\n"
-        "import regen.generator.engines\n"
-        "print(','.join(m for m in ('grpc', 'bentoml', 'torch', 'diffusers', 'transformers') if m in sys.modules))\n"
-    )
-    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert answer.returncode == 0, answer.stderr[-3000:]
-    assert answer.stdout.strip() == "", f"imported {answer.stdout.strip()}"
-
-
 # An engine as a newcomer writes it: one file. Here it arrives as a plugin (an entry point
 # of another distribution); a built-in one is the same file plus one line in REGISTRY.
 TOY_ENGINE = """

@@ -1,7 +1,7 @@
 """What any regen.v1.Scorer server must do, checked through plain gRPC.
 
 Each check takes a channel to the server under test and raises AssertionError with the
-reason when the server breaks the contract. tests/scorer/test_scorer_contract.py runs
+reason when the server breaks the contract. tests/contract/test_service_contracts.py runs
 them against the tiny scorer, or against any server named by REGEN_TEST_SCORER_ADDRESS.
 """
 

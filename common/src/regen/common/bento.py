@@ -1,7 +1,6 @@
-"""What the three BentoML HTTP adapters share: strict request and response models, one
-error body for every failure, base64 fields, the JSON of batching statistics, and the
-bodies of their on_startup/on_shutdown hooks, which run the service's gRPC server in the
-same process (the hooks themselves stay on each service class, where BentoML finds them).
+"""What the three BentoML HTTP adapters share: their base class (`GrpcAlongside`, which
+loads the core and runs the service's gRPC server in the same process), strict request
+and response models, one error body for every failure, and base64 fields.
 
 Every error, whether a RegenError from the core or a request that BentoML's own input
 validation refuses, has one body, the shape of Google's JSON API errors:
@@ -18,21 +17,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel, ConfigDict
+import bentoml
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from regen.common.errors import InvalidInput, RegenError
-from regen.common.grpc_server import CoreSlot, GrpcHost, Registration
-from regen.common.settings import ServiceSettings
+from regen.common.grpc_server import CoreSlot, GrpcHost
+from regen.common.serving import ServiceDefinition
+from regen.common.settings import load_settings
 
-S = TypeVar("S", bound=ServiceSettings)
+C = TypeVar("C")
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,6 @@ async def _send_normalised(send: Callable, start: dict, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def http_error(exc: RegenError) -> BentoMLException:
-    """Deprecated: return `error_response(exc)` (via `answer`) instead."""
-    return BentoMLException(str(exc), error_code=HTTPStatus(exc.http_status))
-
-
 def b64decode_field(text: str, what: str) -> bytes:
     """Strict base64, or InvalidInput naming the field `what`."""
     try:
@@ -214,20 +210,40 @@ class ServerStatsBody(StrictModel):
         return cls(busy_s=stats.busy_s, batches=stats.batches, items=stats.items)
 
 
-async def start_grpc(
-    settings: S,
-    slot: CoreSlot,
-    registrations: Callable[[CoreSlot, S], list[Registration]],
-) -> GrpcHost:
-    """Start the service's gRPC server on settings.host:settings.port; the on_startup body."""
-    # grpc.aio objects bind to the running loop, so they are created here, not in __init__.
-    host = GrpcHost(settings.host, settings.port, max_message_bytes=settings.max_message_bytes)
-    await host.start(registrations(slot, settings))
-    return host
+class NoBody(StrictModel):
+    """The body of a request without fields (POST /info): `{}`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {}})
 
 
-async def stop_grpc(host: GrpcHost | None, close_engine: Callable[[], Awaitable[Any]]) -> None:
-    """Stop the gRPC server (if it started), then close the engine; the on_shutdown body."""
-    if host is not None:
-        await host.stop()
-    await close_engine()
+Int32 = Annotated[int, Field(ge=-(1 << 31), le=(1 << 31) - 1)]
+Int64 = Annotated[int, Field(ge=-(1 << 63), le=(1 << 63) - 1)]
+
+
+class GrpcAlongside(Generic[C]):
+    """Base of every BentoML service class here: loads the service's core once in the
+    constructor and runs the service's gRPC server in the same process over that core
+    (its on_startup/on_shutdown hooks), so HTTP and gRPC requests share one model and
+    one batch queue. Subclasses set `definition` and add their @bentoml.api methods."""
+
+    definition: ClassVar[ServiceDefinition[Any, Any]]
+
+    def __init__(self) -> None:
+        self.settings = load_settings(self.definition.settings_class)
+        self.core: C = self.definition.build_core(self.settings)
+        self.grpc: GrpcHost | None = None
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        # grpc.aio objects bind to the running loop, so they are created here, not in __init__.
+        host = GrpcHost(self.settings.host, self.settings.port, max_message_bytes=self.settings.max_message_bytes)
+        await host.start(self.definition.registrations(CoreSlot(self.core), self.settings))
+        self.grpc = host
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
+        closed = self.definition.close_core(self.core)
+        if inspect.isawaitable(closed):
+            await closed

@@ -1,8 +1,10 @@
 """Run one model service as a standalone process: `regen serve <service>`.
 
-Each service package provides `build_core(settings)` and `registrations(slot, settings)`;
-this module binds the gRPC port first (health NOT_SERVING), loads the model, flips
-health to SERVING, and shuts down gracefully on SIGTERM.
+Each service's grpc_api module describes itself once as a `ServiceDefinition` (its
+settings class, how to load its core, its gRPC servicers, how to close the core); both
+`regen serve <service>` and its BentoML HTTP adapter start from it. Standalone, this
+module binds the gRPC port first (health NOT_SERVING), loads the model, flips health to
+SERVING, and shuts down gracefully on SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from regen.common.grpc_server import CoreSlot, GrpcHost, Registration, serve_until_signal
-from regen.common.settings import ServiceSettings
+from regen.common.settings import ServiceSettings, load_settings
 
 
 def write_port_file(path: Path, port: int) -> None:
@@ -63,3 +66,27 @@ def run_service(
         )
 
     asyncio.run(main())
+
+
+@dataclass(frozen=True)
+class ServiceDefinition(Generic[S, C]):
+    """One model service, as every way of running it starts it."""
+
+    settings_class: type[S]
+    # Loads the models (slow) and returns the service's core.
+    build_core: Callable[[S], C]
+    registrations: Callable[[CoreSlot[C], S], list[Registration]]
+    # Releases the core; may return an awaitable.
+    close_core: Callable[[C], Any]
+
+    def serve(
+        self,
+        *,
+        port_file: Path | None = None,
+        preset: str | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> None:
+        """`regen serve <service>`: bind, load the models, serve until SIGTERM."""
+        settings = load_settings(self.settings_class, preset=preset, config_file=config_file, **overrides)
+        run_service(settings, self.build_core, self.registrations, port_file=port_file, close_core=self.close_core)

@@ -40,14 +40,12 @@ def _fail(message: str) -> NoReturn:
 
 
 def _service_module(name: str, package: str):
-    # TODO(issue 9): only grpc_api once every service has it.
-    for module in ("grpc_api", "server"):
-        try:
-            return importlib.import_module(f"regen.{name}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"regen.{name}.{module}" and not (exc.name and exc.name == f"regen.{name}"):
-                raise
-    _fail(f"the {name} service is not installed: pip install ./{package}")
+    try:
+        return importlib.import_module(f"regen.{name}.grpc_api")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("regen"):
+            _fail(f"the {name} service is not installed: pip install ./{package}")
+        raise
 
 
 def _serve(name: str, package: str, port_file: Path | None, **settings) -> None:
@@ -83,7 +81,9 @@ def serve_generator(
     model: Annotated[
         str | None, typer.Option("--model", help="Model id or path for AutoPipelineForText2Image.")
     ] = None,
-    engine: Annotated[str | None, typer.Option("--engine", help="diffusers or openai (Images API).")] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="A registered engine: diffusers, openai (Images API), or a plugin's.")
+    ] = None,
     port_file: PortFileOpt = None,
 ) -> None:
     """A text-to-image model under test."""
@@ -108,7 +108,9 @@ def serve_describer(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="transformers, vllm or openai.")] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="A registered backend: transformers, vllm, openai, or a plugin's.")
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model id, path, or the API's model name.")] = None,
     port_file: PortFileOpt = None,
 ) -> None:

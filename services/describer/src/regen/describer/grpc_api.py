@@ -7,13 +7,9 @@ side."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from regen.common.grpc_server import CoreSlot, Registration, grpc_errors
 from regen.common.identity import server_info
-from regen.common.serving import run_service
-from regen.common.settings import load_settings
+from regen.common.serving import ServiceDefinition
 from regen.describer import convert
 from regen.describer.core import DescriberCore
 from regen.describer.settings import DescriberSettings
@@ -104,9 +100,8 @@ def registrations(slot: CoreSlot[DescriberCore], settings: DescriberSettings) ->
     ]
 
 
-def serve(
-    *, port_file: Path | None = None, preset: str | None = None, config_file: Path | None = None, **overrides: Any
-) -> None:
-    """`regen serve describer`: bind, load the model, serve until SIGTERM."""
-    settings = load_settings(DescriberSettings, preset=preset, config_file=config_file, **overrides)
-    run_service(settings, build_core, registrations, port_file=port_file, close_core=lambda core: core.aclose())
+DEFINITION: ServiceDefinition[DescriberSettings, DescriberCore] = ServiceDefinition(
+    DescriberSettings, build_core, registrations, close_core=lambda core: core.aclose()
+)
+# `regen serve describer`: bind, load the models, serve until SIGTERM.
+serve = DEFINITION.serve

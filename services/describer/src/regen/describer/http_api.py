@@ -21,17 +21,14 @@ from pydantic import ConfigDict, Field, WithJsonSchema
 from starlette.responses import JSONResponse
 
 from regen.common import bento, describer_json
-from regen.common.grpc_server import CoreSlot, GrpcHost
-from regen.common.settings import load_settings
 from regen.describer import convert, schemas
 from regen.describer.answers import Difference, ImageUnderstandingTree
 from regen.describer.core import CallReport, DescriberCore
-from regen.describer.grpc_api import build_core, describer_info, registrations
-from regen.describer.settings import DescriberSettings
+from regen.describer.grpc_api import DEFINITION, describer_info
 
 # The ranges of the proto's int32 and int64 fields: gRPC cannot carry other values.
-Int32 = Annotated[int, Field(ge=-(1 << 31), le=(1 << 31) - 1)]
-Int64 = Annotated[int, Field(ge=-(1 << 63), le=(1 << 63) - 1)]
+
+
 Base64Image = Annotated[str, Field(description="An image file (PNG, JPEG, WebP...), base64-encoded.")]
 IutJson = Annotated[
     dict[str, Any],
@@ -95,10 +92,6 @@ class DifferenceBody(bento.StrictModel):
     description: str = ""
 
 
-class NoBody(bento.StrictModel):
-    model_config = _example({})
-
-
 class DescriberInfoBody(bento.StrictModel):
     model_config = _example(
         {
@@ -132,7 +125,7 @@ class UnderstoodBody(bento.StrictModel):
 class WritePromptBody(bento.StrictModel):
     model_config = _example({"iut": EXAMPLE_IUT, "token_budget": 77})
     iut: IutJson
-    token_budget: Int32 = Field(0, description="The generator's prompt token budget; 0: unlimited.")
+    token_budget: bento.Int32 = Field(0, description="The generator's prompt token budget; 0: unlimited.")
 
 
 class PromptBody(bento.StrictModel):
@@ -144,9 +137,9 @@ class PromptBody(bento.StrictModel):
 class VariantsBody(bento.StrictModel):
     model_config = _example({"prompt": "red apple, wooden table", "n": 2, "token_budget": 77, "seed": 0})
     prompt: str
-    n: Int32 = Field(description="How many variants, 1 to the server's max_variants.")
-    token_budget: Int32 = 0
-    seed: Int64 = Field(0, description="The same seed gives the same variants.")
+    n: bento.Int32 = Field(description="How many variants, 1 to the server's max_variants.")
+    token_budget: bento.Int32 = 0
+    seed: bento.Int64 = Field(0, description="The same seed gives the same variants.")
 
 
 class PromptsBody(bento.StrictModel):
@@ -174,7 +167,7 @@ class ReviseBody(bento.StrictModel):
     model_config = _example({"prompt": "red apple", "differences": EXAMPLE_DIFFERENCES, "token_budget": 77})
     prompt: str
     differences: list[DifferenceBody]
-    token_budget: Int32 = 0
+    token_budget: bento.Int32 = 0
 
 
 class JudgeBody(bento.StrictModel):
@@ -243,21 +236,10 @@ async def _judge(core: DescriberCore, body: JudgeBody) -> JudgementBody:
 
 
 @bentoml.service(name="regen-describer", resources={"gpu": 1}, workers=1, traffic={"timeout": 600})
-class Describer:
-    def __init__(self) -> None:
-        self.settings = load_settings(DescriberSettings)
-        self.core = build_core(self.settings)
-        self.grpc: GrpcHost | None = None
+class Describer(bento.GrpcAlongside[DescriberCore]):
+    definition = DEFINITION
 
-    @bentoml.on_startup
-    async def start_grpc(self) -> None:
-        self.grpc = await bento.start_grpc(self.settings, CoreSlot(self.core), registrations)
-
-    @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
-        await bento.stop_grpc(self.grpc, self.core.aclose)
-
-    @bentoml.api(input_spec=NoBody, output_spec=DescriberInfoBody)
+    @bentoml.api(input_spec=bento.NoBody, output_spec=DescriberInfoBody)
     async def info(self) -> DescriberInfoBody:
         """Model identity, template version and model-call statistics (regen.v1.Describer.Info)."""
         info = describer_info(self.core)

@@ -7,13 +7,11 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from regen.common.grpc_server import CoreSlot, GrpcHost, Registration, grpc_errors
 from regen.common.identity import model_json, server_info
-from regen.common.serving import run_service
-from regen.common.settings import load_settings
+from regen.common.serving import ServiceDefinition
 from regen.generator.core import GenerateRequest, GeneratorCore, GeneratorDescription, PromptSpec
 from regen.generator.settings import GeneratorSettings
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -64,12 +62,11 @@ def registrations(slot: CoreSlot[GeneratorCore], settings: GeneratorSettings) ->
     return [Registration(generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(slot), SERVICE_NAME)]
 
 
-def serve(
-    *, port_file: Path | None = None, preset: str | None = None, config_file: str | Path | None = None, **overrides: Any
-) -> None:
-    """`regen serve generator`: the generator as a standalone gRPC process."""
-    settings = load_settings(GeneratorSettings, preset=preset, config_file=config_file, **overrides)
-    run_service(settings, build_core, registrations, port_file=port_file, close_core=lambda core: core.close())
+DEFINITION: ServiceDefinition[GeneratorSettings, GeneratorCore] = ServiceDefinition(
+    GeneratorSettings, build_core, registrations, close_core=lambda core: core.close()
+)
+# `regen serve generator`: bind, load the models, serve until SIGTERM.
+serve = DEFINITION.serve
 
 
 class BackgroundServer:

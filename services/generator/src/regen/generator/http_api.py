@@ -19,11 +19,8 @@ from pydantic import ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from regen.common import bento
-from regen.common.grpc_server import CoreSlot, GrpcHost
-from regen.common.settings import load_settings
 from regen.generator.core import MAX_SEED, GeneratedImage, GenerateRequest, GeneratorCore, PromptSpec
-from regen.generator.grpc_api import build_core, registrations
-from regen.generator.settings import GeneratorSettings
+from regen.generator.grpc_api import DEFINITION
 
 
 class PromptBody(bento.StrictModel):
@@ -90,24 +87,9 @@ class GeneratorInfoBody(bento.StrictModel):
     server: bento.ServerStatsBody
 
 
-class NoBody(bento.StrictModel):
-    pass
-
-
 @bentoml.service(name="regen-generator", resources={"gpu": 1}, workers=1, traffic={"timeout": 600})
-class Generator:
-    def __init__(self) -> None:
-        self.settings = load_settings(GeneratorSettings)
-        self.core = build_core(self.settings)
-        self.grpc: GrpcHost | None = None
-
-    @bentoml.on_startup
-    async def start_grpc(self) -> None:
-        self.grpc = await bento.start_grpc(self.settings, CoreSlot(self.core), registrations)
-
-    @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
-        await bento.stop_grpc(self.grpc, self.core.close)
+class Generator(bento.GrpcAlongside[GeneratorCore]):
+    definition = DEFINITION
 
     @bentoml.api(input_spec=GenerateBody, output_spec=ImagesBody)
     async def generate(self, **body: Any) -> ImagesBody | JSONResponse:
@@ -127,7 +109,7 @@ class Generator:
         async for image in self.core.generate(request):
             yield ImageBody.of(image).model_dump_json() + "\n"
 
-    @bentoml.api(input_spec=NoBody, output_spec=GeneratorInfoBody)
+    @bentoml.api(input_spec=bento.NoBody, output_spec=GeneratorInfoBody)
     async def info(self) -> GeneratorInfoBody:
         """Model identity, prompt token budget, defaults, limits and batching statistics."""
         description = self.core.describe()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from regen.common.grpc_server import CoreSlot, Registration, grpc_errors
 from regen.common.identity import server_info
-from regen.common.serving import run_service
-from regen.common.settings import load_settings
+from regen.common.serving import ServiceDefinition
 from regen.scorer.core import ScorerCore, ScorerDescription
 from regen.scorer.settings import ScorerSettings
 from regen.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
@@ -65,9 +63,8 @@ def registrations(slot: CoreSlot[ScorerCore], settings: ScorerSettings) -> list[
     return [Registration(scorer_pb2_grpc.add_ScorerServicer_to_server, ScorerServicer(slot), SERVICE_NAME)]
 
 
-def serve(
-    *, port_file: Path | None = None, preset: str | None = None, config_file: str | Path | None = None, **overrides: Any
-) -> None:
-    """`regen serve scorer`: bind, load the metrics, serve until SIGTERM."""
-    settings = load_settings(ScorerSettings, preset=preset, config_file=config_file, **overrides)
-    run_service(settings, build_core, registrations, port_file=port_file, close_core=lambda core: core.close())
+DEFINITION: ServiceDefinition[ScorerSettings, ScorerCore] = ServiceDefinition(
+    ScorerSettings, build_core, registrations, close_core=lambda core: core.close()
+)
+# `regen serve scorer`: bind, load the models, serve until SIGTERM.
+serve = DEFINITION.serve

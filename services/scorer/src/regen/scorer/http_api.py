@@ -14,11 +14,8 @@ from pydantic import ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from regen.common import bento
-from regen.common.grpc_server import CoreSlot, GrpcHost
-from regen.common.settings import load_settings
 from regen.scorer.core import ScorerCore
-from regen.scorer.grpc_api import build_core, registrations
-from regen.scorer.settings import ScorerSettings
+from regen.scorer.grpc_api import DEFINITION
 
 # 16x16 PNGs (orange, and a slightly different orange) for the OpenAPI page's example.
 _EXAMPLE_REFERENCE = (
@@ -71,31 +68,16 @@ class ScorerInfoBody(bento.StrictModel):
     server: bento.ServerStatsBody
 
 
-class NoBody(bento.StrictModel):
-    pass
-
-
 @bentoml.service(name="regen-scorer", resources={"gpu": 1}, workers=1, traffic={"timeout": 300})
-class Scorer:
-    def __init__(self) -> None:
-        self.settings = load_settings(ScorerSettings)
-        self.core = build_core(self.settings)
-        self.grpc: GrpcHost | None = None
-
-    @bentoml.on_startup
-    async def start_grpc(self) -> None:
-        self.grpc = await bento.start_grpc(self.settings, CoreSlot(self.core), registrations)
-
-    @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
-        await bento.stop_grpc(self.grpc, self.core.close)
+class Scorer(bento.GrpcAlongside[ScorerCore]):
+    definition = DEFINITION
 
     @bentoml.api(input_spec=ScoreBody, output_spec=ScoresBody)
     async def score(self, **body: object) -> ScoresBody | JSONResponse:
         """Every requested metric for each candidate against the reference (regen.v1.Scorer.Score)."""
         return await bento.answer(_score(self.core, ScoreBody.model_validate(body)))
 
-    @bentoml.api(input_spec=NoBody, output_spec=ScorerInfoBody)
+    @bentoml.api(input_spec=bento.NoBody, output_spec=ScorerInfoBody)
     async def info(self) -> ScorerInfoBody:
         """Models, metric ids and definitions, limits and batching statistics (regen.v1.Scorer.Info)."""
         description = self.core.describe()

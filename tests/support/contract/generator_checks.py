@@ -3,7 +3,7 @@
 Each `check_<what>(channel)` raises AssertionError with a reason when the server behind
 `channel` does not conform. They assume only the contract (proto/regen/v1/generator.proto
 and docs/adding-a-generator.md), never this repository's implementation: sizes, limits and
-defaults come from the server's own Info. `test_generator_contract.py` runs them against
+defaults come from the server's own Info. `tests/contract/test_service_contracts.py` runs them against
 the tiny service, or against any server named by REGEN_TEST_GENERATOR_ADDRESS.
 """
 

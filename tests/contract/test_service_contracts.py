@@ -1,0 +1,44 @@
+"""The behaviour every regen.v1 server must show (tests/support/contract/*_checks.py),
+checked through plain gRPC on the tiny services, or on any server given by
+REGEN_TEST_DESCRIBER_ADDRESS, REGEN_TEST_GENERATOR_ADDRESS or REGEN_TEST_SCORER_ADDRESS."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from support.contract import describer_checks, generator_checks, scorer_checks
+
+from regen.common.grpc_server import channel_options
+
+SUITES = {"describer": describer_checks, "generator": generator_checks, "scorer": scorer_checks}
+CASES = [(service, check) for service, suite in SUITES.items() for check in suite.CHECKS]
+
+_channels: dict[str, grpc.Channel] = {}
+
+
+@pytest.fixture(scope="session")
+def channels(request: pytest.FixtureRequest) -> Iterator[Callable[[str], grpc.Channel]]:
+    """A channel per service, opened on first use: the service is started only when asked."""
+
+    def channel(service: str) -> grpc.Channel:
+        if service not in _channels:
+            address = os.environ.get(f"REGEN_TEST_{service.upper()}_ADDRESS") or request.getfixturevalue(
+                f"{service}_address"
+            )
+            _channels[service] = grpc.insecure_channel(address, options=channel_options())
+        return _channels[service]
+
+    yield channel
+    for opened in _channels.values():
+        opened.close()
+    _channels.clear()
+
+
+@pytest.mark.parametrize(
+    ("service", "check"), CASES, ids=[f"{service}-{check.__name__.removeprefix('check_')}" for service, check in CASES]
+)
+def test_contract(service: str, check: Callable[[grpc.Channel], None], channels) -> None:
+    check(channels(service))
