@@ -128,10 +128,10 @@ def make_settings(args: argparse.Namespace) -> ScorerSettings:
 def serve_child(settings_json: str, port_file: str) -> None:
     """The gRPC server process: the same core, behind `run_service` as `regen serve` runs it."""
     from regen.common.serving import run_service
-    from regen.scorer.grpc_api import build_core, registrations
+    from regen.scorer.grpc_api import DEFINITION
 
     settings = ScorerSettings.model_validate_json(settings_json)
-    run_service(settings, build_core, registrations, port_file=Path(port_file))
+    run_service(settings, DEFINITION.build_core, DEFINITION.registrations, port_file=Path(port_file))
 
 
 # ---------------------------------------------------------------- inputs

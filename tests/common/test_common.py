@@ -226,7 +226,7 @@ def build_engine(settings):
     time.sleep(0.5)  # a model load: health says NOT_SERVING meanwhile
     return "engine"
 
-def registrations(slot, settings):
+def registrations(slot):
     servicer = scorer_pb2_grpc.ScorerServicer()
     return [Registration(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, "regen.v1.Scorer")]
 

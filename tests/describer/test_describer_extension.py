@@ -56,11 +56,11 @@ def fixed_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_plugin_backend_is_loaded_by_name_and_served_over_grpc(fixed_plugin):
     assert "fixed" in REGISTRY.names()
     settings = load_settings(DescriberSettings, backend="fixed", model="fixed-model", cache_enabled=False)
-    core = grpc_api.build_core(settings)
+    core = grpc_api.DEFINITION.build_core(settings)
 
     async def serve_and_ask() -> tuple[describer_pb2.DescriberInfo, describer_pb2.JudgeResponse]:
         host = GrpcHost("127.0.0.1", 0)
-        await host.start(grpc_api.registrations(CoreSlot(core), settings))
+        await host.start(grpc_api.DEFINITION.registrations(CoreSlot(core)))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}", options=channel_options()) as channel:
                 stub = describer_pb2_grpc.DescriberStub(channel)

@@ -237,7 +237,7 @@ class GrpcAlongside(Generic[C]):
     async def start_grpc(self) -> None:
         # grpc.aio objects bind to the running loop, so they are created here, not in __init__.
         host = GrpcHost(self.settings.host, self.settings.port, max_message_bytes=self.settings.max_message_bytes)
-        await host.start(self.definition.registrations(CoreSlot(self.core), self.settings))
+        await host.start(self.definition.registrations(CoreSlot(self.core)))
         self.grpc = host
 
     @bentoml.on_shutdown

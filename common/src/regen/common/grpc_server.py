@@ -72,6 +72,13 @@ def _abort_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
+async def _abort(context: Any, exc: Exception, method: Callable) -> None:
+    code, message = _abort_code(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", method.__qualname__)
+    await context.abort(code, message)
+
+
 def grpc_errors(method: Callable) -> Callable:
     """Turn RegenError into its status code, anything else into INTERNAL (logged)."""
 
@@ -85,10 +92,7 @@ def grpc_errors(method: Callable) -> Callable:
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                code, message = _abort_code(exc)
-                if code == grpc.StatusCode.INTERNAL:
-                    log.exception("%s failed", method.__qualname__)
-                await context.abort(code, message)
+                await _abort(context, exc, method)
 
         return stream_wrapper
 
@@ -99,10 +103,7 @@ def grpc_errors(method: Callable) -> Callable:
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
-            code, message = _abort_code(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__qualname__)
-            await context.abort(code, message)
+            await _abort(context, exc, method)
 
     return unary_wrapper
 

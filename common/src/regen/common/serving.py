@@ -35,7 +35,7 @@ C = TypeVar("C")
 def run_service(
     settings: S,
     build_core: Callable[[S], C],
-    registrations: Callable[[CoreSlot[C], S], list[Registration]],
+    registrations: Callable[[CoreSlot[C]], list[Registration]],
     *,
     port_file: Path | None = None,
     close_core: Callable[[C], Any] | None = None,
@@ -58,7 +58,7 @@ def run_service(
 
         await serve_until_signal(
             host,
-            registrations(slot, settings),
+            registrations(slot),
             lambda: build_core(settings),
             slot,
             on_port=(lambda port: write_port_file(port_file, port)) if port_file else None,
@@ -75,9 +75,17 @@ class ServiceDefinition(Generic[S, C]):
     settings_class: type[S]
     # Loads the models (slow) and returns the service's core.
     build_core: Callable[[S], C]
-    registrations: Callable[[CoreSlot[C], S], list[Registration]]
+    # The generated add_<Service>Servicer_to_server, and the servicer, built over the slot
+    # that holds the core once it is loaded.
+    add_servicer: Callable[[Any, Any], None]
+    servicer: Callable[[CoreSlot[C]], Any]
+    # The full name of the gRPC service, e.g. "regen.v1.Scorer".
+    service_name: str
     # Releases the core; may return an awaitable.
     close_core: Callable[[C], Any]
+
+    def registrations(self, slot: CoreSlot[C]) -> list[Registration]:
+        return [Registration(self.add_servicer, self.servicer(slot), self.service_name)]
 
     def serve(
         self,

@@ -61,6 +61,13 @@ class SectionSettings(BaseSettings):
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid")
 
     @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # Each part's variables are REGEN_<SECTION>_<FIELD> (nested fields joined by "__").
+        if cls.section:
+            cls.model_config["env_prefix"] = f"REGEN_{cls.section.upper()}_"
+
+    @classmethod
     def preset(cls, name: str) -> dict[str, Any]:
         """The values preset `name` sets for this part."""
         if name not in PRESETS:

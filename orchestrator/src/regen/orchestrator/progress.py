@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,13 +22,29 @@ from regen.orchestrator.loop import STAGES
 log = logging.getLogger("regen.run")
 
 
-class Reporter(Protocol):
-    def start(self, total: int, skipped: int) -> None: ...
-    def stage(self, case_id: str, stage: str) -> None: ...
-    def case_done(self, case_id: str, summary: str) -> None: ...
-    def case_failed(self, case_id: str, message: str) -> None: ...
-    def message(self, text: str) -> None: ...
-    def stop(self) -> None: ...
+class Reporter:
+    """What a run tells about its progress; this base says nothing (`--progress none`)."""
+
+    def start(self, total: int, skipped: int) -> None:
+        pass
+
+    def stage(self, case_id: str, stage: str) -> None:
+        pass
+
+    def case_done(self, case_id: str, summary: str) -> None:
+        pass
+
+    def case_failed(self, case_id: str, message: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+SilentReporter = Reporter
 
 
 class _Counts:
@@ -58,7 +74,7 @@ class _Counts:
         return (self.total - self.skipped - self.finished) / rate
 
 
-class PlainReporter:
+class PlainReporter(Reporter):
     """One log line per finished case and per minute, for logs and CI."""
 
     def __init__(self, stream: IO[str] | None = None, every_s: float = 60.0) -> None:
@@ -105,7 +121,7 @@ class PlainReporter:
         pass
 
 
-class RichReporter:
+class RichReporter(Reporter):
     """A progress bar with done/failed counts, ETA, and the number of cases per stage."""
 
     def __init__(self, console: Console | None = None) -> None:
@@ -160,15 +176,6 @@ class RichReporter:
     def stop(self) -> None:
         self._refresh()
         self.live.stop()
-
-
-class SilentReporter:
-    def start(self, total: int, skipped: int) -> None: ...
-    def stage(self, case_id: str, stage: str) -> None: ...
-    def case_done(self, case_id: str, summary: str) -> None: ...
-    def case_failed(self, case_id: str, message: str) -> None: ...
-    def message(self, text: str) -> None: ...
-    def stop(self) -> None: ...
 
 
 def make_reporter(kind: str, stream: Any = None) -> Reporter:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from regen.common.settings import SectionSettings
 
@@ -73,7 +73,6 @@ class OrchestratorSettings(SectionSettings):
     """What a run is: the dataset, the loop's parameters, where the services are."""
 
     section: ClassVar[str] = "orchestrator"
-    model_config = SettingsConfigDict(env_prefix="REGEN_ORCHESTRATOR_", env_nested_delimiter="__", extra="forbid")
 
     # evalref-100, or a folder of images (optionally with MANIFEST.json).
     dataset: str

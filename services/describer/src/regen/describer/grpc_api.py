@@ -7,7 +7,7 @@ side."""
 
 from __future__ import annotations
 
-from regen.common.grpc_server import CoreSlot, Registration, grpc_errors
+from regen.common.grpc_server import CoreSlot, grpc_errors
 from regen.common.identity import server_info
 from regen.common.serving import ServiceDefinition
 from regen.describer import convert
@@ -85,23 +85,13 @@ class DescriberServicer(describer_pb2_grpc.DescriberServicer):
         )
 
 
-def build_core(settings: DescriberSettings) -> DescriberCore:
-    """Load the backend (slow) and wrap it in the core with its cache."""
-    return DescriberCore.from_settings(settings)
-
-
-def registrations(slot: CoreSlot[DescriberCore], settings: DescriberSettings) -> list[Registration]:
-    return [
-        Registration(
-            add_to_server=describer_pb2_grpc.add_DescriberServicer_to_server,
-            servicer=DescriberServicer(slot),
-            service_name=describer_pb2.DESCRIPTOR.services_by_name["Describer"].full_name,
-        )
-    ]
-
-
 DEFINITION: ServiceDefinition[DescriberSettings, DescriberCore] = ServiceDefinition(
-    DescriberSettings, build_core, registrations, close_core=lambda core: core.aclose()
+    settings_class=DescriberSettings,
+    build_core=DescriberCore.from_settings,
+    add_servicer=describer_pb2_grpc.add_DescriberServicer_to_server,
+    servicer=DescriberServicer,
+    service_name=describer_pb2.DESCRIPTOR.services_by_name["Describer"].full_name,
+    close_core=lambda core: core.aclose(),
 )
 # `regen serve describer`: bind, load the models, serve until SIGTERM.
 serve = DEFINITION.serve

@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from regen.common.settings import ServiceSettings
 
 
 class DescriberSettings(ServiceSettings):
     section: ClassVar[str] = "describer"
-    model_config = SettingsConfigDict(env_prefix="REGEN_DESCRIBER_", env_nested_delimiter="__", extra="forbid")
 
     port: int = Field(50051, ge=0, le=65535)
     # A name in regen.describer.backends.REGISTRY (built in: transformers, vllm, openai)

@@ -9,14 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from regen.common.grpc_server import CoreSlot, GrpcHost, Registration, grpc_errors
+from regen.common.grpc_server import CoreSlot, GrpcHost, grpc_errors
 from regen.common.identity import model_json, server_info
 from regen.common.serving import ServiceDefinition
 from regen.generator.core import GenerateRequest, GeneratorCore, GeneratorDescription, PromptSpec
 from regen.generator.settings import GeneratorSettings
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-
-SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
 
 
 def request_from_proto(message: generator_pb2.GenerateRequest) -> GenerateRequest:
@@ -54,16 +52,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             yield generator_pb2.GeneratedImage(**asdict(image))
 
 
-def build_core(settings: GeneratorSettings) -> GeneratorCore:
-    return GeneratorCore.load(settings)
-
-
-def registrations(slot: CoreSlot[GeneratorCore], settings: GeneratorSettings) -> list[Registration]:
-    return [Registration(generator_pb2_grpc.add_GeneratorServicer_to_server, GeneratorServicer(slot), SERVICE_NAME)]
-
-
 DEFINITION: ServiceDefinition[GeneratorSettings, GeneratorCore] = ServiceDefinition(
-    GeneratorSettings, build_core, registrations, close_core=lambda core: core.close()
+    settings_class=GeneratorSettings,
+    build_core=GeneratorCore.load,
+    add_servicer=generator_pb2_grpc.add_GeneratorServicer_to_server,
+    servicer=GeneratorServicer,
+    service_name=generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name,
+    close_core=lambda core: core.close(),
 )
 # `regen serve generator`: bind, load the models, serve until SIGTERM.
 serve = DEFINITION.serve
@@ -103,7 +98,7 @@ class BackgroundServer:
 
     async def _start(self) -> int:
         self._grpc = GrpcHost(self.host, 0, max_message_bytes=self.settings.max_message_bytes)
-        return await self._grpc.start(registrations(CoreSlot(self.core), self.settings))
+        return await self._grpc.start(DEFINITION.registrations(CoreSlot(self.core)))
 
     def stop(self) -> None:
         if self._loop is None:

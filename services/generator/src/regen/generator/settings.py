@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from regen.common.settings import ServiceSettings
 
 
 class GeneratorSettings(ServiceSettings):
     section: ClassVar[str] = "generator"
-    model_config = SettingsConfigDict(env_prefix="REGEN_GENERATOR_", env_nested_delimiter="__", extra="forbid")
 
     port: int = Field(50052, ge=0, le=65535)
     # A name in regen.generator.engines.REGISTRY, checked when the engine loads: "diffusers"

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from regen.common.grpc_server import CoreSlot, Registration, grpc_errors
+from regen.common.grpc_server import CoreSlot, grpc_errors
 from regen.common.identity import server_info
 from regen.common.serving import ServiceDefinition
 from regen.scorer.core import ScorerCore, ScorerDescription
 from regen.scorer.settings import ScorerSettings
 from regen.v1 import common_pb2, scorer_pb2, scorer_pb2_grpc
 
-SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 LIBRARIES = ("torch", "transformers", "torchmetrics", "pillow")
 
 
@@ -24,17 +24,7 @@ def info_message(description: ScorerDescription) -> scorer_pb2.ScorerInfo:
             for m in description.models
         ],
         server=server_info(description.stats, *LIBRARIES),
-        metrics=[
-            scorer_pb2.MetricInfo(
-                id=m.id,
-                name=m.name,
-                checkpoint=m.checkpoint,
-                revision=m.revision,
-                definition=m.definition,
-                higher_is_better=m.higher_is_better,
-            )
-            for m in description.metrics
-        ],
+        metrics=[scorer_pb2.MetricInfo(**asdict(m)) for m in description.metrics],
         max_candidates=description.max_candidates,
     )
 
@@ -55,16 +45,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         )
 
 
-def build_core(settings: ScorerSettings) -> ScorerCore:
-    return ScorerCore.load(settings)
-
-
-def registrations(slot: CoreSlot[ScorerCore], settings: ScorerSettings) -> list[Registration]:
-    return [Registration(scorer_pb2_grpc.add_ScorerServicer_to_server, ScorerServicer(slot), SERVICE_NAME)]
-
-
 DEFINITION: ServiceDefinition[ScorerSettings, ScorerCore] = ServiceDefinition(
-    ScorerSettings, build_core, registrations, close_core=lambda core: core.close()
+    settings_class=ScorerSettings,
+    build_core=ScorerCore.load,
+    add_servicer=scorer_pb2_grpc.add_ScorerServicer_to_server,
+    servicer=ScorerServicer,
+    service_name=scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name,
+    close_core=lambda core: core.close(),
 )
 # `regen serve scorer`: bind, load the models, serve until SIGTERM.
 serve = DEFINITION.serve

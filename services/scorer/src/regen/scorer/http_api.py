@@ -9,6 +9,8 @@ base64-encoded image files (PNG, JPEG, ...).
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import bentoml
 from pydantic import ConfigDict, Field
 from starlette.responses import JSONResponse
@@ -83,17 +85,7 @@ class Scorer(bento.GrpcAlongside[ScorerCore]):
         description = self.core.describe()
         return ScorerInfoBody(
             models=[bento.ModelBody.of(model, backend="transformers") for model in description.models],
-            metrics=[
-                MetricBody(
-                    id=m.id,
-                    name=m.name,
-                    checkpoint=m.checkpoint,
-                    revision=m.revision,
-                    definition=m.definition,
-                    higher_is_better=m.higher_is_better,
-                )
-                for m in description.metrics
-            ],
+            metrics=[MetricBody(**asdict(m)) for m in description.metrics],
             max_candidates=description.max_candidates,
             server=bento.ServerStatsBody.of(description.stats),
         )

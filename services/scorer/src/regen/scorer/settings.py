@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from regen.common.settings import ServiceSettings
 
 
 class ScorerSettings(ServiceSettings):
     section: ClassVar[str] = "scorer"
-    model_config = SettingsConfigDict(env_prefix="REGEN_SCORER_", env_nested_delimiter="__", extra="forbid")
 
     port: int = Field(50053, ge=0, le=65535)
     # Metrics to serve, by registry name (regen.scorer.metrics); empty: every registered one.

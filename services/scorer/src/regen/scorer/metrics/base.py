@@ -115,6 +115,7 @@ class Metric(Protocol):
 class MetricBase:
     """Defaults for the optional parts of `Metric`."""
 
+    name: ClassVar[str]
     needs_model: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
     min_reference_side: ClassVar[int] = 1

@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from regen.scorer.metrics.base import MetricInfo, checkpoint_label, metric_id
-from regen.scorer.metrics.embedding import CheckpointOptions, EmbeddingMetric
+from regen.scorer.metrics.embedding import CheckpointOptions, EmbeddingMetric, center_crop_processor
 
 
 class ClipOptions(CheckpointOptions):
@@ -21,14 +20,8 @@ class ClipMetric(EmbeddingMetric):
     tiny_version: ClassVar[int] = 2
 
     @classmethod
-    def describe(cls, options: Any, checkpoint: str, revision: str) -> MetricInfo:
-        return MetricInfo(
-            id=metric_id(cls.name, checkpoint_label(checkpoint), revision),
-            name=cls.name,
-            checkpoint=checkpoint,
-            revision=revision,
-            definition="cosine similarity of the projected image embeddings (get_image_features)",
-        )
+    def definition(cls, options: Any) -> str:
+        return "cosine similarity of the projected image embeddings (get_image_features)"
 
     @classmethod
     def check_model(cls, model: torch.nn.Module, options: Any) -> None:
@@ -45,7 +38,7 @@ class ClipMetric(EmbeddingMetric):
         """CLIPModel + CLIPProcessor shaped like openai/clip-vit-base-patch32 (224×224 input,
         patch 32), but hidden 32, 2 layers and projection 16."""
         from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-        from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+        from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
         # The text tower needs a tokenizer; the tiny-model builder trains one offline.
         from regen.tiny_models.tokenizers import CLIP_MAX_LENGTH, clip_tokenizer
@@ -76,17 +69,8 @@ class ClipMetric(EmbeddingMetric):
         )
         torch.manual_seed(seed)
         CLIPModel(config).eval().save_pretrained(out)
-        image_processor = CLIPImageProcessor(
-            do_resize=True,
-            size={"shortest_edge": size},
-            resample=PILImageResampling.BICUBIC,
-            do_center_crop=True,
-            crop_size={"height": size, "width": size},
-            do_rescale=True,
-            do_normalize=True,
-            image_mean=OPENAI_CLIP_MEAN,
-            image_std=OPENAI_CLIP_STD,
-            do_convert_rgb=True,
+        image_processor = center_crop_processor(
+            CLIPImageProcessor, resize_to=size, crop=size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
         )
         processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
         processor.save_pretrained(out)  # processor_config.json (+ tokenizer files)

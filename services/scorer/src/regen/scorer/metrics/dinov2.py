@@ -7,8 +7,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from regen.scorer.metrics.base import MetricInfo, checkpoint_label, metric_id
-from regen.scorer.metrics.embedding import CheckpointOptions, EmbeddingMetric
+from regen.scorer.metrics.embedding import CheckpointOptions, EmbeddingMetric, center_crop_processor
 
 POOLED = {"mean": "the mean of last_hidden_state over all tokens", "cls": "the CLS token of last_hidden_state"}
 
@@ -24,14 +23,12 @@ class Dinov2Metric(EmbeddingMetric):
     tiny_version: ClassVar[int] = 1
 
     @classmethod
-    def describe(cls, options: Any, checkpoint: str, revision: str) -> MetricInfo:
-        return MetricInfo(
-            id=metric_id(cls.name, checkpoint_label(checkpoint), revision, pool=options.pooling),
-            name=cls.name,
-            checkpoint=checkpoint,
-            revision=revision,
-            definition=f"cosine similarity of {POOLED[options.pooling]}",
-        )
+    def definition(cls, options: Any) -> str:
+        return f"cosine similarity of {POOLED[options.pooling]}"
+
+    @classmethod
+    def id_params(cls, options: Any) -> dict[str, str]:
+        return {"pool": options.pooling}
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self._network(pixel_values=pixels).last_hidden_state
@@ -42,7 +39,7 @@ class Dinov2Metric(EmbeddingMetric):
         """Dinov2Model + the BitImageProcessor facebook/dinov2-base uses: hidden 32, 2 layers,
         patch 14; images resized to 64 and center-cropped to 56×56 (4×4 patches)."""
         from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-        from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+        from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         crop = 56
         config = Dinov2Config(
@@ -50,15 +47,6 @@ class Dinov2Metric(EmbeddingMetric):
         )
         torch.manual_seed(seed)
         Dinov2Model(config).eval().save_pretrained(out)
-        BitImageProcessor(
-            do_resize=True,
-            size={"shortest_edge": 64},
-            resample=PILImageResampling.BICUBIC,
-            do_center_crop=True,
-            crop_size={"height": crop, "width": crop},
-            do_rescale=True,
-            do_normalize=True,
-            image_mean=IMAGENET_DEFAULT_MEAN,
-            image_std=IMAGENET_DEFAULT_STD,
-            do_convert_rgb=True,
+        center_crop_processor(
+            BitImageProcessor, resize_to=64, crop=crop, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
         ).save_pretrained(out)

@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict
 from transformers import AutoImageProcessor, AutoModel
 
 from regen.common.identity import model_revision
-from regen.scorer.metrics.base import LoadedModel, MetricBase, MetricContext, MetricInfo, Pair
+from regen.scorer.metrics.base import (
+    LoadedModel,
+    MetricBase,
+    MetricContext,
+    MetricInfo,
+    Pair,
+    checkpoint_label,
+    metric_id,
+)
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -53,10 +61,25 @@ class EmbeddingMetric(MetricBase):
         self._one_by_one = context.batch_invariant
         self.reference_cache = context.reference_cache
 
-    # Subclasses say how to name themselves and how to pool the model's output.
+    # Subclasses say what they compute and how to pool the model's output.
+    @classmethod
+    def definition(cls, options: Any) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def id_params(cls, options: Any) -> dict[str, str]:
+        """Options that change the values, appended to the metric id (";pool=mean")."""
+        return {}
+
     @classmethod
     def describe(cls, options: Any, checkpoint: str, revision: str) -> MetricInfo:
-        raise NotImplementedError
+        return MetricInfo(
+            id=metric_id(cls.name, checkpoint_label(checkpoint), revision, **cls.id_params(options)),
+            name=cls.name,
+            checkpoint=checkpoint,
+            revision=revision,
+            definition=cls.definition(options),
+        )
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -119,3 +142,22 @@ class EmbeddingMetric(MetricBase):
         candidates = embedded[len(to_embed) :]
         references = torch.stack([vectors[pair.reference.sha256] for pair in pairs])
         return (candidates * references).sum(dim=-1).clamp(-1.0, 1.0).tolist()
+
+
+def center_crop_processor(processor_class: Any, *, resize_to: int, crop: int, mean: Any, std: Any) -> Any:
+    """An image processor that resizes the short side to `resize_to` (bicubic), crops the
+    centre `crop`×`crop`, rescales and normalises: what CLIP and DINOv2 checkpoints ship."""
+    from transformers.image_utils import PILImageResampling
+
+    return processor_class(
+        do_resize=True,
+        size={"shortest_edge": resize_to},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": crop, "width": crop},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=mean,
+        image_std=std,
+        do_convert_rgb=True,
+    )
