@@ -162,10 +162,6 @@ class MicroBatcher(Generic[T, R]):
                 else:
                     pending.future.set_result(result)
 
-    def run_sync(self, fn: Callable[[], R]) -> asyncio.Future[R]:
-        """Run `fn` on the model's worker thread, serialised with the batches."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
     async def close(self) -> None:
         self._closed = True
         if self._task is not None:

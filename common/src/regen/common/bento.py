@@ -172,11 +172,6 @@ def b64decode_field(text: str, what: str) -> bytes:
         raise InvalidInput(f"{what}: not valid base64: {exc}") from None
 
 
-def stats_json(stats: Any) -> dict[str, Any]:
-    """Batching statistics (anything with busy_s, batches and items)."""
-    return {"busy_s": stats.busy_s, "batches": stats.batches, "items": stats.items}
-
-
 class ModelBody(StrictModel):
     """A loaded model's identity (regen.v1.ModelInfo)."""
 
