@@ -46,3 +46,19 @@ class ServerInfo(_message.Message):
     items: int
     uptime_s: float
     def __init__(self, regen_version: _Optional[str] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., busy_s: _Optional[float] = ..., batches: _Optional[int] = ..., items: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("api_calls", "retries", "input_tokens", "output_tokens", "images", "cost_usd")
+    API_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    api_calls: int
+    retries: int
+    input_tokens: int
+    output_tokens: int
+    images: int
+    cost_usd: float
+    def __init__(self, api_calls: _Optional[int] = ..., retries: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., images: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...

@@ -88,18 +88,20 @@ class ImageUnderstandingTree(_message.Message):
     def __init__(self, global_description: _Optional[str] = ..., global_features: _Optional[_Union[GlobalFeatures, _Mapping]] = ..., objects: _Optional[_Iterable[_Union[SceneObject, _Mapping]]] = ..., relationships: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallInfo(_message.Message):
-    __slots__ = ("cached", "cache_key", "output_tokens", "elapsed_s", "attempts")
+    __slots__ = ("cached", "cache_key", "output_tokens", "elapsed_s", "attempts", "usage")
     CACHED_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     cached: bool
     cache_key: str
     output_tokens: int
     elapsed_s: float
     attempts: int
-    def __init__(self, cached: _Optional[bool] = ..., cache_key: _Optional[str] = ..., output_tokens: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., attempts: _Optional[int] = ...) -> None: ...
+    usage: _common_pb2.Usage
+    def __init__(self, cached: _Optional[bool] = ..., cache_key: _Optional[str] = ..., output_tokens: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., attempts: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class UnderstandRequest(_message.Message):
     __slots__ = ("image_png",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from regen.v1 import common_pb2 as regen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18regen/v1/generator.proto\x12\x08regen.v1\x1a\x15regen/v1/common.proto\"\x99\x02\n\rGeneratorInfo\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.regen.v1.ModelInfo\x12$\n\x06server\x18\x02 \x01(\x0b\x32\x14.regen.v1.ServerInfo\x12\x1b\n\x13prompt_token_budget\x18\x03 \x01(\x05\x12\x15\n\rdefault_width\x18\x04 \x01(\x05\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x05 \x01(\x05\x12\x15\n\rdefault_steps\x18\x06 \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_guidance_scale\x18\x07 \x01(\x02\x12\x11\n\tmax_batch\x18\x08 \x01(\x05\x12\x15\n\rsize_multiple\x18\t \x01(\x05\x12\x11\n\tsteps_run\x18\n \x01(\x03\"A\n\nPromptSpec\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\"\xc4\x01\n\x0fGenerateRequest\x12%\n\x07prompts\x18\x01 \x03(\x0b\x32\x14.regen.v1.PromptSpec\x12\x12\n\x05width\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x05 \x01(\x02H\x03\x88\x01\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x11\n\x0f_guidance_scale\"\xc6\x01\n\x0eGeneratedImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x11\n\telapsed_s\x18\x04 \x01(\x01\x12\x18\n\x10prompt_truncated\x18\x05 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x0f\n\x07refused\x18\x07 \x01(\x08\x12\x16\n\x0erefusal_reason\x18\x08 \x01(\t\x12\r\n\x05width\x18\t \x01(\x05\x12\x0e\n\x06height\x18\n \x01(\x05\x32\x86\x01\n\tGenerator\x12\x36\n\x04Info\x12\x15.regen.v1.InfoRequest\x1a\x17.regen.v1.GeneratorInfo\x12\x41\n\x08Generate\x12\x19.regen.v1.GenerateRequest\x1a\x18.regen.v1.GeneratedImage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18regen/v1/generator.proto\x12\x08regen.v1\x1a\x15regen/v1/common.proto\"\xd0\x02\n\rGeneratorInfo\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.regen.v1.ModelInfo\x12$\n\x06server\x18\x02 \x01(\x0b\x32\x14.regen.v1.ServerInfo\x12\x1b\n\x13prompt_token_budget\x18\x03 \x01(\x05\x12\x15\n\rdefault_width\x18\x04 \x01(\x05\x12\x16\n\x0e\x64\x65\x66\x61ult_height\x18\x05 \x01(\x05\x12\x15\n\rdefault_steps\x18\x06 \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_guidance_scale\x18\x07 \x01(\x02\x12\x11\n\tmax_batch\x18\x08 \x01(\x05\x12\x15\n\rsize_multiple\x18\t \x01(\x05\x12\x11\n\tsteps_run\x18\n \x01(\x03\x12\x35\n\x0c\x63\x61pabilities\x18\x0b \x01(\x0b\x32\x1f.regen.v1.GeneratorCapabilities\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"\x8f\x01\n\x15GeneratorCapabilities\x12\x0e\n\x06seeded\x18\x01 \x01(\x08\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\x08\x12\x17\n\x0fsampling_params\x18\x03 \x01(\x08\x12\"\n\x05sizes\x18\x04 \x03(\x0b\x32\x13.regen.v1.ImageSize\x12\x10\n\x08max_side\x18\x05 \x01(\x05\"A\n\nPromptSpec\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x03\"\xc4\x01\n\x0fGenerateRequest\x12%\n\x07prompts\x18\x01 \x03(\x0b\x32\x14.regen.v1.PromptSpec\x12\x12\n\x05width\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06height\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x05 \x01(\x02H\x03\x88\x01\x01\x42\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x11\n\x0f_guidance_scale\"\x8a\x02\n\x0eGeneratedImage\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x11\n\telapsed_s\x18\x04 \x01(\x01\x12\x18\n\x10prompt_truncated\x18\x05 \x01(\x08\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x0f\n\x07refused\x18\x07 \x01(\x08\x12\x16\n\x0erefusal_reason\x18\x08 \x01(\t\x12\r\n\x05width\x18\t \x01(\x05\x12\x0e\n\x06height\x18\n \x01(\x05\x12\x10\n\x08model_id\x18\x0b \x01(\t\x12\x10\n\x08revision\x18\x0c \x01(\t\x12\x1e\n\x05usage\x18\r \x01(\x0b\x32\x0f.regen.v1.Usage2\x86\x01\n\tGenerator\x12\x36\n\x04Info\x12\x15.regen.v1.InfoRequest\x1a\x17.regen.v1.GeneratorInfo\x12\x41\n\x08Generate\x12\x19.regen.v1.GenerateRequest\x1a\x18.regen.v1.GeneratedImage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'regen.v1.generator_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATORINFO']._serialized_start=62
-  _globals['_GENERATORINFO']._serialized_end=343
-  _globals['_PROMPTSPEC']._serialized_start=345
-  _globals['_PROMPTSPEC']._serialized_end=410
-  _globals['_GENERATEREQUEST']._serialized_start=413
-  _globals['_GENERATEREQUEST']._serialized_end=609
-  _globals['_GENERATEDIMAGE']._serialized_start=612
-  _globals['_GENERATEDIMAGE']._serialized_end=810
-  _globals['_GENERATOR']._serialized_start=813
-  _globals['_GENERATOR']._serialized_end=947
+  _globals['_GENERATORINFO']._serialized_end=398
+  _globals['_IMAGESIZE']._serialized_start=400
+  _globals['_IMAGESIZE']._serialized_end=442
+  _globals['_GENERATORCAPABILITIES']._serialized_start=445
+  _globals['_GENERATORCAPABILITIES']._serialized_end=588
+  _globals['_PROMPTSPEC']._serialized_start=590
+  _globals['_PROMPTSPEC']._serialized_end=655
+  _globals['_GENERATEREQUEST']._serialized_start=658
+  _globals['_GENERATEREQUEST']._serialized_end=854
+  _globals['_GENERATEDIMAGE']._serialized_start=857
+  _globals['_GENERATEDIMAGE']._serialized_end=1123
+  _globals['_GENERATOR']._serialized_start=1126
+  _globals['_GENERATOR']._serialized_end=1260
 # @@protoc_insertion_point(module_scope)
