@@ -267,3 +267,29 @@ def test_standalone_service_shuts_down_gracefully_on_sigterm(tmp_path: Path) -> 
     assert proc.returncode == 0, output
     assert "closed engine" in output
     assert not check(address)
+
+
+def test_errors_carry_google_rpc_details() -> None:
+    from google.rpc import status_pb2
+    from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+
+    from regen.common.grpc_server import rich_status
+
+    def details(status: grpc.Status) -> status_pb2.Status:
+        return status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+
+    status = rich_status(InvalidInput("prompts[2].seed: -1 is negative; seeds must be >= 0"))
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    [detail] = details(status).details
+    bad_request = BadRequest()
+    assert detail.Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("prompts[2].seed", "prompts[2].seed: -1 is negative; seeds must be >= 0")
+    ]
+    assert InvalidInput("the prompt is empty: send one").field == ""
+
+    status = rich_status(Overloaded("queue is full"))
+    assert details(status).code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    [detail] = details(status).details
+    info = ErrorInfo()
+    assert detail.Unpack(info) and (info.domain, info.reason) == ("regen.v1", "RESOURCE_EXHAUSTED")

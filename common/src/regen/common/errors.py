@@ -8,7 +8,11 @@ into HTTP answers. Nothing here imports a transport.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
+
+# "prompts[2].seed", "iut.objects[0].type", "reference_png": a field path, not prose.
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*")
 
 
 class RegenError(Exception):
@@ -19,10 +23,16 @@ class RegenError(Exception):
 
 
 class InvalidInput(RegenError):
-    """The request is malformed; the message names the field (and index)."""
+    """The request is malformed; the message names the field (and index), and starts
+    with it ("prompts[2].seed: ..."), which `field` reads back for machine-readable details."""
 
     status = "INVALID_ARGUMENT"
     http_status = 400
+
+    @property
+    def field(self) -> str:
+        head, sep, _ = str(self).partition(": ")
+        return head if sep and _FIELD_PATH.fullmatch(head) else ""
 
 
 class Overloaded(RegenError):
@@ -59,3 +69,17 @@ class UpstreamError(RegenError):
 
     status = "UNAVAILABLE"
     http_status = 502
+
+
+class Unauthenticated(RegenError):
+    """A remote model API refused the credentials; the message names the setting to fix."""
+
+    status = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class PermissionDenied(RegenError):
+    """A remote model API refused this account the request; the message says which."""
+
+    status = "PERMISSION_DENIED"
+    http_status = 403

@@ -17,14 +17,20 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
-from regen.common.errors import NotReady, RegenError
+from regen.common.errors import InvalidInput, NotReady, RegenError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# google.rpc.ErrorInfo.domain of every regen error.
+ERROR_DOMAIN = "regen.v1"
 C = TypeVar("C")
 
 
@@ -72,11 +78,27 @@ def _abort_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
-async def _abort(context: Any, exc: Exception, method: Callable) -> None:
+def rich_status(exc: BaseException) -> grpc.Status:
+    """The status for `exc`, with google.rpc details: a BadRequest naming the field for
+    INVALID_ARGUMENT, an ErrorInfo (domain regen.v1, reason the status name) otherwise."""
     code, message = _abort_code(exc)
-    if code == grpc.StatusCode.INTERNAL:
+    detail: BadRequest | ErrorInfo
+    field = exc.field if isinstance(exc, InvalidInput) else ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        violation = BadRequest.FieldViolation(field=field, description=message)
+        detail = BadRequest(field_violations=[violation])
+    else:
+        detail = ErrorInfo(reason=code.name, domain=ERROR_DOMAIN)
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[packed]))
+
+
+async def _abort(context: Any, exc: Exception, method: Callable) -> None:
+    status = rich_status(exc)
+    if status.code == grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method.__qualname__)
-    await context.abort(code, message)
+    await context.abort_with_status(status)
 
 
 def grpc_errors(method: Callable) -> Callable:
