@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3.11}
 VENV=${REGEN_VENV:-.venv}
 PARTS=(proto common orchestrator services/scorer services/generator services/describer tools/tiny_models)
 
-stamp_inputs() { cat constraints.txt requirements-dev.txt proto/package-lock.json "${PARTS[@]/%//pyproject.toml}" | sha256sum | cut -c1-16; }
+stamp_inputs() { cat constraints.txt requirements-dev.txt proto/package-lock.json examples/generators/node/package-lock.json "${PARTS[@]/%//pyproject.toml}" | sha256sum | cut -c1-16; }
 stamp="$VENV/.regen-setup-$(stamp_inputs)"
 if [[ -f "$stamp" ]]; then
   exit 0
@@ -32,6 +32,10 @@ done
 # buf, for the contract's lint and breaking-change checks (scripts/check-proto.sh).
 if command -v npm >/dev/null; then
   (cd proto && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# The Node.js example generator (examples/generators/node), which the tests check and benchmark.
+if command -v npm >/dev/null; then
+  (cd examples/generators/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 rm -f "$VENV"/.regen-setup-*
 touch "$stamp"
