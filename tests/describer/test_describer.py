@@ -3,7 +3,7 @@
 `transformers serve`. The tiny model's words mean nothing; its answers must still be
 schema-valid (constrained decoding) or, where decoding is not constrained, either valid
 or a clear FAILED_PRECONDITION with the raw text. What any describer must do is in
-tests/support/contract/describer_checks.py (run by tests/contract); the HTTP API is tested in
+regen.conformance.describer (run by tests/contract and `regen check describer`); the HTTP API is tested in
 test_describer_http.py."""
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import ClassVar
 import grpc
 import pytest
 from support.bento_server import free_port, stop_process_group
-from support.contract import describer_checks as contract_checks
 
 from regen.common.grpc_server import channel_options
 from regen.common.settings import load_settings
+from regen.conformance import describer as contract_checks
 from regen.describer import convert, schemas
 from regen.describer.answers import ImageUnderstandingTree
 from regen.describer.budget import EstimatedTokens

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support.contract import describer_checks as contract_checks
 
 from regen.common.grpc_server import CoreSlot, GrpcHost, channel_options
 from regen.common.settings import load_settings
+from regen.conformance import describer as contract_checks
 from regen.describer import grpc_api
 from regen.describer.backends import REGISTRY
 from regen.describer.core import DescriberCore

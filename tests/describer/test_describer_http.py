@@ -15,10 +15,10 @@ import grpc
 import jsonschema
 import pytest
 from support.bento_server import post_json, serve_bento
-from support.contract import describer_checks as contract_checks
 
 from regen.common import bento, describer_json
 from regen.common.grpc_server import channel_options
+from regen.conformance import describer as contract_checks
 from regen.describer import schemas
 from regen.v1 import common_pb2, describer_pb2, describer_pb2_grpc
 

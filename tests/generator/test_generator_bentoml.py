@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.bento_server import post, serve_bento
-from support.contract import generator_checks as contract_checks
 
+from regen.conformance import generator as contract_checks
 from regen.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 PROMPTS = [

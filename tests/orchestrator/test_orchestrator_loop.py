@@ -159,16 +159,25 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServicer):
         faults.max_in_flight = max(faults.max_in_flight, faults.in_flight)
         try:
             await asyncio.sleep(0.02)  # let other cases' calls overlap
+            width = request.width if request.HasField("width") else 16
+            height = request.height if request.HasField("height") else 16
             # Answer out of order, as the contract allows.
             for index in reversed(range(len(request.prompts))):
                 spec = request.prompts[index]
                 d = _digest(spec.text, spec.seed)
-                img = Image.new("RGB", (16, 16), (d[0], d[1], d[2]))
+                img = Image.new("RGB", (width, height), (d[0], d[1], d[2]))
                 img.putpixel((0, 0), (spec.text.count(", refined"), 0, 0))
                 buf = io.BytesIO()
                 img.save(buf, format="PNG")
                 yield generator_pb2.GeneratedImage(
-                    index=index, png=buf.getvalue(), seed=spec.seed, width=16, height=16, prompt_tokens=9
+                    index=index,
+                    png=buf.getvalue(),
+                    seed=spec.seed,
+                    width=width,
+                    height=height,
+                    prompt_tokens=9,
+                    model_id="/models/fake-sd",
+                    revision="sha256:abc",
                 )
         finally:
             faults.in_flight -= 1
@@ -557,23 +566,25 @@ def test_file_env_and_flags_set_the_generate_request_in_that_order(fakes, datase
 
 def test_retries_are_set_by_file_and_flag(fakes, dataset, tmp_path):
     config = tmp_path / "regen.yaml"
-    config.write_text(yaml.safe_dump({"orchestrator": {"retry": {"max_attempts": 5, "initial_backoff_s": 0.01}}}))
+    retry = {"outage_budget_s": 30, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
+    config.write_text(yaml.safe_dump({"orchestrator": {"retry": retry}}))
     fakes.faults.generate_unavailable = 3
     args = ["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--limit", "1", "--rounds", "1"]
-    args += ["--candidates", "1", "--config", str(config), "--max-attempts", "2"]
+    args += ["--candidates", "1", "--config", str(config), "--outage-budget", "0"]
     done = _cli_run(fakes, args)
     assert done.returncode == 1, done.stderr
     assert "0 of 1 cases done, 1 failed" in done.stdout
     (error_file,) = Path(done.stdout.split("results: ")[1].split()[0]).glob("*/error.json")
     error = read_json(error_file)
-    assert error["failure"]["code"] == "UNAVAILABLE" and error["failure"]["attempts"] == 2
-    assert fakes.faults.calls["Generate"] == 2
+    assert error["failure"]["code"] == "UNAVAILABLE" and error["failure"]["attempts"] == 1
+    assert "outage budget" in error["failure"]["error"]
+    assert fakes.faults.calls["Generate"] == 1
 
     fakes.faults.generate_unavailable = 3
     args[args.index("--out") + 1] = str(tmp_path / "again")
-    done = _cli_run(fakes, args[:-2])  # the file's 5 attempts outlast 3 failures
+    done = _cli_run(fakes, args[:-2])  # the file's 30 s budget outlasts 3 quick failures
     assert done.returncode == 0, done.stderr
-    assert fakes.faults.calls["Generate"] == 2 + 4
+    assert fakes.faults.calls["Generate"] == 1 + 4
 
 
 def test_cli_settings_errors_name_their_source(fakes, dataset, tmp_path):

@@ -154,7 +154,7 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
     "guidance_scale": ("generation", "guidance_scale"),
     "negative_prompt": ("generation", "negative_prompt"),
     "rpc_timeout": ("retry", "rpc_timeout_s"),
-    "max_attempts": ("retry", "max_attempts"),
+    "outage_budget": ("retry", "outage_budget_s"),
     "initial_backoff": ("retry", "initial_backoff_s"),
     "max_backoff": ("retry", "max_backoff_s"),
     "connect_timeout": ("connect_timeout_s",),
@@ -280,8 +280,9 @@ def run(
     rpc_timeout: Annotated[
         float | None, _run_option("rpc_timeout", "Deadline of one call in seconds, queueing included.")
     ] = None,
-    max_attempts: Annotated[
-        int | None, _run_option("max_attempts", "Attempts per call on UNAVAILABLE or DEADLINE_EXCEEDED.")
+    outage_budget: Annotated[
+        float | None,
+        _run_option("outage_budget", "Seconds a call rides through UNAVAILABLE or RESOURCE_EXHAUSTED, retrying."),
     ] = None,
     initial_backoff: Annotated[
         float | None, _run_option("initial_backoff", "Seconds before the first retry; doubles each time.")
@@ -305,6 +306,7 @@ def run(
     import logging
 
     from regen.common.settings import load_settings
+    from regen.orchestrator.clients import RunStopped
     from regen.orchestrator.launcher import LaunchError
     from regen.orchestrator.progress import make_reporter
     from regen.orchestrator.runner import run as run_benchmark
@@ -328,6 +330,8 @@ def run(
         summary = run_benchmark(settings, reporter, config_file=config)
     except LaunchError as exc:
         _fail(str(exc))
+    except RunStopped as exc:
+        _fail(f"the run stopped: {exc}\nfix that, then run the same command again to resume")
     except KeyboardInterrupt:
         typer.secho("interrupted; run the same command again to resume", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
@@ -339,6 +343,45 @@ def run(
     typer.echo(f"results: {summary.run_dir}")
     typer.echo(f"summary: {summary.run_dir / 'benchmark_final.json'}")
     if summary.failed:
+        raise typer.Exit(1)
+
+
+CHECK_SERVICES = ("describer", "generator", "scorer")
+
+
+@app.command("check")
+def check(
+    service: Annotated[str, typer.Argument(help="describer, generator or scorer.")],
+    address: Annotated[str, typer.Argument(help="host:port of the server to check.")],
+    refusal_prompt: Annotated[
+        str | None,
+        typer.Option("--refusal-prompt", help="A prompt the generator is known to refuse (checks the refusal form)."),
+    ] = None,
+    connect_timeout: Annotated[
+        float, typer.Option("--connect-timeout", help="Seconds to wait for the server to answer at all.")
+    ] = 30.0,
+) -> None:
+    """Check that a server conforms to the regen.v1 contract; exit 1 if any check fails."""
+    import grpc
+    from rich.console import Console
+
+    from regen.common.grpc_server import channel_options
+    from regen.conformance.outcome import render, run_checks
+
+    if service not in CHECK_SERVICES:
+        _fail(f"service: {service!r} is not one of {', '.join(CHECK_SERVICES)}")
+    suite = importlib.import_module(f"regen.conformance.{service}")
+    with grpc.insecure_channel(address, options=channel_options()) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+        except grpc.FutureTimeoutError:
+            _fail(f"cannot reach {address} within {connect_timeout:.0f} s (is it running, and is it host:port?)")
+        results = run_checks(suite.CHECKS, channel, refusal_prompt=refusal_prompt)
+    console = Console(stderr=False, width=max(120, Console().width))
+    console.print(render(results, f"regen.v1.{service.capitalize()} at {address}"))
+    counts = {kind: sum(r.result == kind for r in results) for kind in ("PASS", "FAIL", "SKIP")}
+    console.print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+    if counts["FAIL"]:
         raise typer.Exit(1)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from regen.orchestrator.dataset import Case
 from regen.orchestrator.results import RunLayout, read_json
 from regen.orchestrator.seeds import bootstrap_seed
+from regen.orchestrator.usage import summarize as summarize_usage
 
 # Reported first, in this order; any further scorer metric follows by name.
 METRIC_ORDER: tuple[str, ...] = (
@@ -114,12 +115,15 @@ def aggregate(
     finals: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     pending: list[str] = []
+    usages: list[dict[str, Any]] = []
     for case in cases:
         if layout.is_done(case.id):
             finals.append(read_json(layout.final_metrics_file(case.id)))
+            usages.append(finals[-1].get("usage", {}))
         elif layout.error_file(case.id).is_file():
             error = read_json(layout.error_file(case.id))
             failed.append({"case": case.id, "category": case.category, **error.get("failure", {})})
+            usages.append(error.get("usage", {}))
         else:
             pending.append(case.id)
 
@@ -154,6 +158,9 @@ def aggregate(
         "categories": by_category,
         "models": run["models"],
         "config": config,
+        # What the cases cost (done and failed ones): calls and retries per service and
+        # method, and what remote APIs reported (tokens, images, cost).
+        "usage": summarize_usage(usages),
         "timings": {
             **(timings or {}),
             "stages_total_s": stage_totals,

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from regen.common.describer_json import differences_to_json, iut_to_json
-from regen.orchestrator.clients import Clients, ServiceError
+from regen.orchestrator import usage
+from regen.orchestrator.clients import Clients, RunStopped, ServiceError
 from regen.orchestrator.dataset import Case, load_reference_png
+from regen.orchestrator.replies import ContractViolation, ExpectedImage
 from regen.orchestrator.results import RunLayout, atomic_write_bytes, atomic_write_json
 from regen.orchestrator.seeds import candidate_seed, variants_seed
 from regen.orchestrator.settings import GenerationParams
@@ -61,6 +63,8 @@ class CaseFailed(Exception):
                 code=self.cause.code.name,
                 attempts=self.cause.attempts,
             )
+        elif isinstance(self.cause, ContractViolation):
+            record.update(service=self.cause.service, method=self.cause.method, code="CONTRACT_VIOLATION")
         elif self.cause is not None:
             record.update(exception=type(self.cause).__name__)
         return record
@@ -79,6 +83,12 @@ class LoopSettings:
     metric_names: dict[str, str]
     # Short metric name -> weight in the selection score.
     selection_weights: dict[str, float]
+    # The size every image must have (the request's, else the generator's default), and
+    # the model that must have rendered it (the generator's Info).
+    image_width: int = 0
+    image_height: int = 0
+    generator_model_id: str = ""
+    generator_revision: str = ""
     generator_max_batch: int = 0
     scorer_max_candidates: int = 0
 
@@ -229,13 +239,15 @@ class CaseRunner:
         self.timings: dict[str, float] = {}
         self.stage = "load"
         self.round: int | None = None
+        self.usage = usage.CaseUsage()
 
     async def run(self) -> dict[str, Any]:
+        usage.CURRENT.set(self.usage)  # this case's task: every call it makes is counted here
         try:
             return await self._run()
-        except CaseFailed:
+        except (CaseFailed, RunStopped):
             raise
-        except ServiceError as exc:
+        except (ServiceError, ContractViolation) as exc:
             raise CaseFailed(self.stage, str(exc), round_index=self.round, cause=exc) from exc
         except Exception as exc:  # one broken case must not stop the run
             raise CaseFailed(self.stage, f"{type(exc).__name__}: {exc}", round_index=self.round, cause=exc) from exc
@@ -310,11 +322,7 @@ class CaseRunner:
         variants = await self._stage("variants", call, record.timings)
         prompts = list(variants.prompts)
         if len(prompts) != s.candidates:
-            raise CaseFailed(
-                "variants",
-                f"describer returned {len(prompts)} variants, asked for {s.candidates}",
-                round_index=record.round,
-            )
+            raise ContractViolation("describer", "Variants", f"answered {len(prompts)} variants for n={s.candidates}")
         record.describer_calls["variants"] = _call_record(variants.call)
         return [
             Candidate(index=k, prompt=p, seed=candidate_seed(s.run_seed, self.case.id, record.round, k))
@@ -342,7 +350,7 @@ class CaseRunner:
             ("perceptual_quality", judged.perceptual_quality),
         ):
             if not 1 <= value <= 5:
-                raise CaseFailed("judge", f"describer.Judge returned {label}={value}, outside 1..5")
+                raise ContractViolation("describer", "Judge", f"answered {label}={value}, outside 1..5")
         return judged
 
     def _final_record(
@@ -367,48 +375,46 @@ class CaseRunner:
             "judge": {"content_consistency": content, "perceptual_quality": quality, "rationale": judged.rationale},
             "best_selection_by_round": [r.best_so_far.selection if r.best_so_far else None for r in rounds],
             "round_best_selection": [r.best.selection if r.best else None for r in rounds],
+            "usage": self.usage.record(),
             "timings": {"stages_s": self.timings, "total_s": time.perf_counter() - started},
         }
 
     async def _generate(self, candidates: list[Candidate]) -> None:
-        """All candidates' images, in one Generate call per generator batch."""
+        """All candidates' images, in one Generate call per generator batch; the client
+        checks every image against what was asked (see clients.GeneratorClient.generate)."""
         chunk = self.settings.generator_max_batch or len(candidates)
         parts = [candidates[i : i + chunk] for i in range(0, len(candidates), chunk)]
-        requests = [self._generate_request(part) for part in parts]
-        answers = await asyncio.gather(*(self.clients.generator.generate(request) for request in requests))
+        answers = await asyncio.gather(*(self._generate_part(part) for part in parts))
         for part, images in zip(parts, answers, strict=True):
             for candidate, image in zip(part, images, strict=True):
-                self._take_image(candidate, image)
+                candidate.png = b"" if image.refused else image.png
+                candidate.refused = image.refused
+                candidate.refusal_reason = image.refusal_reason
+                candidate.prompt_truncated = image.prompt_truncated
+                candidate.prompt_tokens = image.prompt_tokens
+                candidate.width, candidate.height = image.width, image.height
 
-    def _generate_request(self, candidates: list[Candidate]) -> generator_pb2.GenerateRequest:
-        g = self.settings.generation
-        request = generator_pb2.GenerateRequest(
-            prompts=[
-                generator_pb2.PromptSpec(text=c.prompt, negative_prompt=g.negative_prompt, seed=c.seed)
-                for c in candidates
-            ]
-        )
+    async def _generate_part(self, candidates: list[Candidate]) -> list[generator_pb2.GeneratedImage]:
+        s, g = self.settings, self.settings.generation
+        prompts = [
+            generator_pb2.PromptSpec(text=c.prompt, negative_prompt=g.negative_prompt, seed=c.seed) for c in candidates
+        ]
+        expected = [
+            ExpectedImage(
+                name=f"candidate {c.index}",
+                seed=c.seed,
+                width=s.image_width,
+                height=s.image_height,
+                model_id=s.generator_model_id,
+                revision=s.generator_revision,
+            )
+            for c in candidates
+        ]
         # Unset parameters stay unset: the generator uses its model's defaults.
-        for name in ("width", "height", "steps", "guidance_scale"):
-            if getattr(g, name) is not None:
-                setattr(request, name, getattr(g, name))
-        return request
-
-    def _take_image(self, candidate: Candidate, image: generator_pb2.GeneratedImage) -> None:
-        if image.seed != candidate.seed:
-            raise CaseFailed(
-                "generate", f"generator answered seed {image.seed} for seed {candidate.seed}", round_index=self.round
-            )
-        if not image.refused and not image.png:
-            raise CaseFailed(
-                "generate", f"generator sent no image for candidate {candidate.index}", round_index=self.round
-            )
-        candidate.png = b"" if image.refused else image.png
-        candidate.refused = image.refused
-        candidate.refusal_reason = image.refusal_reason
-        candidate.prompt_truncated = image.prompt_truncated
-        candidate.prompt_tokens = image.prompt_tokens
-        candidate.width, candidate.height = image.width, image.height
+        fields = {name: getattr(g, name) for name in ("width", "height", "steps", "guidance_scale")}
+        return await self.clients.generator.generate(
+            prompts, expected, **{name: value for name, value in fields.items() if value is not None}
+        )
 
     async def _score(self, reference: bytes, candidates: list[Candidate]) -> None:
         s = self.settings
@@ -423,7 +429,9 @@ class CaseRunner:
                 by_name = {s.metric_names[mid]: value for mid, value in by_id.items() if mid in s.metric_names}
                 missing = sorted(set(s.selection_weights) - set(by_name))
                 if missing:
-                    raise CaseFailed("score", f"scorer returned no {', '.join(missing)} score", round_index=self.round)
+                    raise ContractViolation(
+                        "scorer", "Score", f"image {candidate.index}: no {', '.join(missing)} score, which Info lists"
+                    )
                 candidate.scores = dict(sorted(by_name.items()))
                 candidate.selection = s.selection(by_name)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from regen.orchestrator.aggregate import aggregate
-from regen.orchestrator.clients import Clients
+from regen.orchestrator.clients import Clients, RunStopped
 from regen.orchestrator.dataset import Case, Dataset, resolve_dataset
 from regen.orchestrator.identity import (
     check_or_write_run_file,
@@ -149,6 +149,10 @@ def _loop_settings(settings: OrchestratorSettings, generator_info: Any, scorer_i
         generation=settings.generation,
         metric_names=metric_names,
         selection_weights=settings.selection_weights,
+        image_width=settings.generation.width or generator_info.default_width,
+        image_height=settings.generation.height or generator_info.default_height,
+        generator_model_id=generator_info.model.model_id,
+        generator_revision=generator_info.model.revision,
         generator_max_batch=generator_info.max_batch,
         scorer_max_candidates=scorer_info.max_candidates,
     )
@@ -201,10 +205,11 @@ async def _run_case(
 ) -> None:
     """One case from a clean folder; a failure is recorded in its error.json, not raised."""
     await asyncio.to_thread(layout.reset_case, case.id)
+    runner = CaseRunner(clients, loop_settings, layout, case, on_stage=reporter.stage)
     try:
-        final = await CaseRunner(clients, loop_settings, layout, case, on_stage=reporter.stage).run()
+        final = await runner.run()
     except CaseFailed as failure:
-        record = {"case": case.id, "status": "failed", "failure": failure.record()}
+        record = {"case": case.id, "status": "failed", "failure": failure.record(), "usage": runner.usage.record()}
         await asyncio.to_thread(atomic_write_json, layout.error_file(case.id), record)
         reporter.case_failed(case.id, f"{failure.stage}: {failure}")
         return
@@ -234,7 +239,12 @@ async def _run_cases(
 
     reporter.start(len(cases), skipped)
     try:
-        await asyncio.gather(*(one(case) for case in todo))
+        # A RunStopped (credentials refused) cancels every case in flight: none can succeed.
+        async with asyncio.TaskGroup() as group:
+            for case in todo:
+                group.create_task(one(case))
+    except* RunStopped as stopped:
+        raise stopped.exceptions[0] from None
     finally:
         reporter.stop()
     busy_after = await _busy(clients)

@@ -1,21 +1,22 @@
 """Deterministic seeds: the same run seed gives the same seeds on any machine, in any
 process, in any order of execution (Python's hash() is salted per process; never use it).
 
-seed = first 8 bytes (big-endian) of sha256("regen-seed/v1|<run seed>|<part>|<part>...")
-with the top bit cleared, so it is a non-negative int63 that every generator accepts.
+seed = first 4 bytes (big-endian) of sha256("regen-seed/v2|<run seed>|<part>|<part>...")
+an unsigned 32-bit number: every language's integer and JSON number types carry it
+exactly (a JavaScript number holds 2^53, not 2^63), and vendor APIs take seeds in this
+range.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-SCHEME = "int63(sha256('regen-seed/v1|' + '|'.join([run_seed, *parts]))[:8], big-endian)"
-INT63_MASK = (1 << 63) - 1
+SCHEME = "uint32(sha256('regen-seed/v2|' + '|'.join([run_seed, *parts]))[:4], big-endian)"
 
 
 def derive_seed(run_seed: int, *parts: object) -> int:
-    text = "|".join(["regen-seed/v1", str(run_seed), *(str(p) for p in parts)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & INT63_MASK
+    text = "|".join(["regen-seed/v2", str(run_seed), *(str(p) for p in parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
 def candidate_seed(run_seed: int, case_id: str, round_index: int, candidate: int) -> int:

@@ -6,7 +6,7 @@ or REGEN_CONFIG, the file the services read too), REGEN_ORCHESTRATOR_* variables
       concurrency: 16
       rounds: 3
       generation: {width: 512, height: 512, steps: 30, guidance_scale: 7.5}
-      retry: {rpc_timeout_s: 900, max_attempts: 4}
+      retry: {rpc_timeout_s: 900, outage_budget_s: 300}
 
 Nested values from the environment use a double underscore:
 REGEN_ORCHESTRATOR_RETRY__RPC_TIMEOUT_S=900. Precedence, highest first: flags,
@@ -16,6 +16,7 @@ its identity (`regen.orchestrator.identity`).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -40,19 +41,28 @@ class GenerationParams(BaseModel):
 
 
 class RetryPolicy(BaseModel):
-    """Bounded retries with exponential backoff, on UNAVAILABLE and DEADLINE_EXCEEDED only."""
+    """How calls ride through transient failures.
+
+    UNAVAILABLE (a server loading, restarting or unreachable) and RESOURCE_EXHAUSTED (a
+    full queue, a vendor's rate limit) are retried with exponential backoff and full
+    jitter for up to `outage_budget_s` from a call's first failure. Nothing else is
+    retried: DEADLINE_EXCEEDED means the work itself took too long, and another full
+    deadline would only pay for it again; other statuses are answers about the request.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(4, ge=1)
+    outage_budget_s: float = Field(120.0, ge=0)
     initial_backoff_s: float = Field(0.5, ge=0)
     max_backoff_s: float = Field(8.0, ge=0)
-    # Deadline of one call; it includes the time the request waits in a server's queue.
+    # Deadline of one attempt; it includes the time the request waits in a server's queue.
     rpc_timeout_s: float = Field(600.0, gt=0)
 
-    def backoff_s(self, attempt: int) -> float:
-        """Pause after failed attempt number `attempt` (1-based)."""
-        return min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
+    def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Pause after failed attempt number `attempt` (1-based): a random fraction of the
+        exponential step, so that many cases retrying together spread out."""
+        step = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
+        return (rng or random).uniform(0, step)
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """What any regen.v1.Scorer server must do, checked through plain gRPC.
 
 Each check takes a channel to the server under test and raises AssertionError with the
-reason when the server breaks the contract. tests/contract/test_service_contracts.py runs
-them against the tiny scorer, or against any server named by REGEN_TEST_SCORER_ADDRESS.
+reason when the server breaks the contract. `regen check scorer ADDRESS` runs them, and so
+do the tests, on the scorer this repository ships.
 """
 
 from __future__ import annotations

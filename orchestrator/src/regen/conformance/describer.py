@@ -4,7 +4,8 @@ Each `check_<what>(channel)` raises AssertionError with the reason when the serv
 behind `channel` breaks the contract. They assume nothing about the server's model,
 backend or settings: only what regen.v1.Describer promises (status codes, fields named
 in messages, limits every server shares, answers of the right shape). The images are
-drawn here, so the checks need no files.
+drawn here, so the checks need no files. `regen check describer ADDRESS` runs them, and
+so do the tests, on the describer this repository ships.
 """
 
 from __future__ import annotations
