@@ -51,6 +51,13 @@ def _generate(channel: grpc.Channel, prompts: list, *, timeout: float = 300, **f
     return list(_stub(channel).Generate(request, timeout=timeout))
 
 
+def _one_image(channel: grpc.Channel, prompt: generator_pb2.PromptSpec, **fields) -> generator_pb2.GeneratedImage:
+    images = _generate(channel, [prompt], **fields)
+    indexes = [image.index for image in images]
+    assert indexes == [0], f"indexes {indexes} for one prompt, expected [0]"
+    return images[0]
+
+
 def _png_size(png: bytes, where: str) -> tuple[int, int]:
     assert png.startswith(PNG_SIGNATURE), f"{where}: not a PNG (starts with {png[:8]!r})"
     with Image.open(io.BytesIO(png)) as image:
@@ -138,7 +145,7 @@ def check_an_explicit_size_is_rendered(channel: grpc.Channel) -> None:
     fields: dict[str, float] = {"width": width, "height": height}
     if info.capabilities.sampling_params:
         fields |= {"steps": 2, "guidance_scale": 1.0}
-    [image] = _generate(channel, [_prompt(TEXTS[1], 3)], **fields)
+    image = _one_image(channel, _prompt(TEXTS[1], 3), **fields)
     assert (image.width, image.height) == (width, height), f"asked {width}x{height}, got {image.width}x{image.height}"
     assert _png_size(image.png, "the image") == (width, height), f"the PNG is not {width}x{height}"
 
@@ -149,8 +156,8 @@ def check_the_same_seed_gives_the_same_image(channel: grpc.Channel) -> None:
     info = _info(channel)
     if not info.capabilities.seeded:
         raise Skipped("the server says it is not seeded (capabilities.seeded false)")
-    first, second = (_generate(channel, [_prompt(TEXTS[2], 77)])[0] for _ in range(2))
-    other = _generate(channel, [_prompt(TEXTS[2], 78)])[0]
+    first, second = (_one_image(channel, _prompt(TEXTS[2], 77)) for _ in range(2))
+    other = _one_image(channel, _prompt(TEXTS[2], 78))
     pixels = [Image.open(io.BytesIO(image.png)).convert("RGB").tobytes() for image in (first, second, other)]
     assert pixels[0] == pixels[1], "the same prompt and seed gave different images, though the server says seeded"
     assert pixels[0] != pixels[2], "seeds 77 and 78 gave the same image"
@@ -237,8 +244,7 @@ def check_a_missed_deadline_stops_the_work(channel: grpc.Channel) -> None:
     if _info(channel).steps_run:
         settled = _wait_for_steps_to_settle(channel, timeout_s=60)
         assert settled, "steps_run still grows 60 s after the deadline: the work was not stopped"
-    images = _generate(channel, [_prompt(TEXTS[1], 1)], timeout=300)
-    assert len(images) == 1, f"{len(images)} images for one prompt after a missed deadline"
+    _one_image(channel, _prompt(TEXTS[1], 1), timeout=300)
 
 
 def _wait_for_steps_to_settle(channel: grpc.Channel, *, timeout_s: float) -> bool:

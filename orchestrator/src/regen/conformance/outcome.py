@@ -42,6 +42,8 @@ def run_check(check: Callable[..., None], channel: grpc.Channel, **options: Any)
         code = err.code().name if callable(getattr(err, "code", None)) else "?"
         details = err.details() if callable(getattr(err, "details", None)) else str(err)
         return CheckResult(check_name(check), description, "FAIL", f"an unexpected {code}: {details}")
+    except Exception as exc:  # a reply so far off that the check could not even read it
+        return CheckResult(check_name(check), description, "FAIL", f"the reply broke the check: {exc!r}")
     return CheckResult(check_name(check), description, "PASS")
 
 
