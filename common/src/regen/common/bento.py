@@ -231,7 +231,7 @@ class GrpcAlongside(Generic[C]):
     @bentoml.on_startup
     async def start_grpc(self) -> None:
         # grpc.aio objects bind to the running loop, so they are created here, not in __init__.
-        host = GrpcHost(self.settings.host, self.settings.port, max_message_bytes=self.settings.max_message_bytes)
+        host = GrpcHost.for_settings(self.settings)
         await host.start(self.definition.registrations(CoreSlot(self.core)))
         self.grpc = host
 

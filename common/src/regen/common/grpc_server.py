@@ -11,6 +11,7 @@ import functools
 import inspect
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -130,14 +131,86 @@ def grpc_errors(method: Callable) -> Callable:
     return unary_wrapper
 
 
+REPLICA_METADATA_KEY = "regen-replica"
+
+
+class ReplicaInterceptor(grpc.aio.ServerInterceptor):
+    """Sends `regen-replica: <host>:<port>` as initial metadata of every regen.v1 call, so
+    a client spreading calls over several replicas can tell which one answered."""
+
+    def __init__(self) -> None:
+        self.replica = ""
+
+    async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith("/regen.v1."):
+            return handler
+        metadata = ((REPLICA_METADATA_KEY, self.replica),)
+        if handler.unary_unary is not None:
+            inner_unary = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                await context.send_initial_metadata(metadata)
+                return await inner_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> Any:
+                await context.send_initial_metadata(metadata)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+def server_options(max_message_bytes: int, max_connection_age_s: float) -> list[tuple[str, Any]]:
+    """A regen server's gRPC options. Connections end after max_connection_age_s (in-flight
+    calls get as long again to finish), so clients re-resolve a DNS name and spread over
+    replicas that started since; keepalive pings from clients are accepted every 60 s."""
+    age_ms = int(max_connection_age_s * 1000)
+    return [
+        *channel_options(max_message_bytes),
+        # so_reuseport=0: a second server on the same port must fail, not share it.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", age_ms),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 60_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
 class GrpcHost:
     """A grpc.aio server with health and reflection. Create it inside a running loop."""
 
-    def __init__(self, host: str, port: int, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    @classmethod
+    def for_settings(cls, settings: Any) -> GrpcHost:
+        """The server a service's settings describe (host, port, limits)."""
+        return cls(
+            settings.host,
+            settings.port,
+            max_message_bytes=settings.max_message_bytes,
+            max_connection_age_s=settings.max_connection_age_s,
+        )
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_connection_age_s: float = 300.0,
+    ) -> None:
         self.host = host
         self.requested_port = port
-        # so_reuseport=0: a second server on the same port must fail, not share it.
-        self.server = grpc.aio.server(options=[*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)])
+        self.replicas = ReplicaInterceptor()
+        self.server = grpc.aio.server(
+            options=server_options(max_message_bytes, max_connection_age_s), interceptors=[self.replicas]
+        )
         self.health = health.aio.HealthServicer()
         self.service_names: list[str] = []
         self.port = 0
@@ -158,6 +231,8 @@ class GrpcHost:
             raise OSError(f"cannot bind gRPC server to {address}: {exc}") from None
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {address} (port in use?)")
+        named = socket.gethostname() if self.host in ("0.0.0.0", "::", "[::]", "") else self.host
+        self.replicas.replica = f"{named}:{self.port}"
         await self.server.start()
         await self.set_serving(serving)
         log.info("gRPC %s listening on %s:%d", ", ".join(self.service_names), self.host, self.port)

@@ -46,7 +46,7 @@ def run_service(
 
     async def main() -> None:
         slot: CoreSlot[C] = CoreSlot()
-        host = GrpcHost(settings.host, settings.port, max_message_bytes=settings.max_message_bytes)
+        host = GrpcHost.for_settings(settings)
 
         def on_stop() -> Any:
             if close_core is not None:

@@ -90,6 +90,9 @@ class ServiceSettings(SectionSettings):
     # "auto": float16 on cuda, float32 on cpu.
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_message_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    # Connections end after this long (calls in flight get as long again to finish), so
+    # clients re-resolve a DNS name and spread over replicas that started since.
+    max_connection_age_s: float = Field(300.0, gt=0)
     images: ImageLimitSettings = Field(default_factory=ImageLimitSettings)
     # Batching across concurrent requests.
     max_batch: int = Field(8, ge=1)
