@@ -1,6 +1,6 @@
 """The generator service with the tiny Stable Diffusion pipeline, through a real
 `regen serve generator --preset tiny` process on 127.0.0.1: what this implementation
-does beyond the contract (tests/support/contract/generator_checks.py, run by tests/contract)."""
+does beyond the contract (regen.conformance.generator, run by tests/contract)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,16 @@ def test_info_reports_budget_identity_and_defaults(stub, tiny_models) -> None:
     assert reply.default_guidance_scale == pytest.approx(5.0)
     assert reply.max_batch == 8 and reply.size_multiple == 8
     assert {"torch", "diffusers", "grpcio"} <= set(reply.server.library_versions)
+    caps = reply.capabilities
+    assert (caps.seeded, caps.negative_prompt, caps.sampling_params) == (True, True, True)
+    assert list(caps.sizes) == [] and caps.max_side == 2048
+
+
+def test_images_name_their_model_and_cost_no_api_calls(stub) -> None:
+    reply = info(stub)
+    for image in generate(stub, prompt(FOX, 1), prompt(CAR, 2)):
+        assert (image.model_id, image.revision) == (reply.model.model_id, reply.model.revision)
+        assert image.usage == common_pb2.Usage()  # a local model: all zero
 
 
 def test_same_request_twice_gives_identical_png_bytes(stub) -> None:

@@ -64,6 +64,8 @@ def test_http_and_grpc_give_the_same_images(bento) -> None:
     http_pngs = [base64.b64decode(image["png"]) for image in images]
     assert all(np.asarray(Image.open(io.BytesIO(png))).shape == (64, 64, 3) for png in http_pngs)
     assert images[0]["prompt_tokens"] > 2 and not images[0]["prompt_truncated"]
+    zero = {"api_calls": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0, "images": 0, "cost_usd": None}
+    assert all(image["usage"] == zero for image in images)  # a local model
 
     status, body = post(f"{http_url}/generate_stream", {"prompts": PROMPTS, "steps": 3})
     assert status == 200, body
@@ -84,6 +86,16 @@ def test_http_and_grpc_give_the_same_images(bento) -> None:
     assert http_info["prompt_token_budget"] == info.prompt_token_budget == 77
     assert http_info["model"]["revision"] == info.model.revision
     assert http_info["server"]["items"] == info.server.items >= 6  # HTTP and gRPC share one batcher
+    assert [(i["model_id"], i["revision"]) for i in images] == [(info.model.model_id, info.model.revision)] * 2
+    caps = info.capabilities
+    assert http_info["capabilities"] == {
+        "seeded": caps.seeded,
+        "negative_prompt": caps.negative_prompt,
+        "sampling_params": caps.sampling_params,
+        "sizes": [],
+        "max_side": caps.max_side,
+    }
+    assert caps.seeded and caps.negative_prompt and caps.max_side == 2048
 
 
 @pytest.mark.slow

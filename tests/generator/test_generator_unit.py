@@ -1,23 +1,34 @@
 """Generator pieces without a server: token budgets and size rules of other pipeline
-families, request validation and batching keys, the engine registry (and an engine added
-as a plugin), what the transport-free modules import, the scheduler override, and the
-benchmark's real-shape code path (shrunk, on the CPU)."""
+families, request validation and batching keys, fixed sizes and capabilities, a failed
+prompt that costs its siblings nothing, the engine registry (and an engine added as a
+plugin), the scheduler override, and the benchmark's real-shape code path (shrunk, on
+the CPU)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
-from regen.common.errors import InvalidInput
+from regen.common.errors import InvalidInput, UpstreamError
 from regen.common.settings import load_settings
-from regen.generator.core import GenerateRequest, GeneratorCore, PromptSpec, validate
+from regen.generator.core import (
+    GenerateRequest,
+    GeneratorCapabilities,
+    GeneratorCore,
+    ImageSize,
+    PromptSpec,
+    validate,
+)
 from regen.generator.engines import REGISTRY
-from regen.generator.engines.base import EngineInfo, GeneratorEngine
+from regen.generator.engines.base import EngineInfo, GenerationResult, GeneratorEngine, Usage
 from regen.generator.engines.diffusers_engine import DiffusersEngine, default_size, size_multiple, token_budget
 from regen.generator.settings import GeneratorSettings
 
@@ -132,6 +143,80 @@ def test_vendor_requests_ignore_sampling_params_and_refuse_negative_prompts() ->
 def test_validation_messages_name_the_field(request_, message) -> None:
     with pytest.raises(InvalidInput, match=message):
         validate(request_, _info(), load_settings(GeneratorSettings))
+
+
+def test_fixed_sizes_are_the_only_sizes_accepted_and_capabilities_report_them() -> None:
+    settings = load_settings(GeneratorSettings, max_side=2048)
+    fixed = _info(default_width=1024, default_height=1024, sizes=((1024, 1024), (1792, 1024)), seeded=False)
+    wide = validate(GenerateRequest([PromptSpec("a")], width=1792, height=1024), fixed, settings)[0]
+    assert (wide.params.width, wide.params.height) == (1792, 1024)
+    with pytest.raises(
+        InvalidInput, match=r"^width: 512x1024 is not a size m renders; use one of 1024x1024, 1792x1024$"
+    ):
+        validate(GenerateRequest([PromptSpec("a")], width=512), fixed, settings)
+    with pytest.raises(InvalidInput, match=r"^height: 1024x1792 is not a size m renders"):
+        validate(GenerateRequest([PromptSpec("a")], height=1792), fixed, settings)
+    capabilities = GeneratorCapabilities.of(fixed, settings)
+    assert capabilities.sizes == (ImageSize(1024, 1024), ImageSize(1792, 1024)) and capabilities.max_side == 1792
+    assert not capabilities.seeded and capabilities.negative_prompt and capabilities.sampling_params
+    free = GeneratorCapabilities.of(_info(), settings)
+    assert (free.sizes, free.max_side, free.seeded) == ((), 2048, True)
+
+
+class FlakyEngine:
+    """Flat images, except for prompts that say "fail"; counts its calls per prompt."""
+
+    def __init__(self, **info) -> None:
+        self._info = _info(default_width=16, default_height=16, **info)
+        self.calls: Counter[str] = Counter()
+
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def generate(self, batch):
+        results: list[GenerationResult | BaseException] = []
+        for item in batch:
+            self.calls[item.prompt] += 1
+            if "fail" in item.prompt:
+                results.append(UpstreamError(f"prompts[{item.index}] failed"))
+            else:
+                results.append(GenerationResult(Image.new("RGB", (16, 16)), usage=Usage(api_calls=1, images=1)))
+        return results
+
+    def steps_run(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_prompt_costs_its_siblings_nothing() -> None:
+    """The images that succeed all come (with the model and their usage), then the error
+    of the lowest failing index; the good prompts ran once, and nothing was cancelled."""
+    engine = FlakyEngine()
+    core = GeneratorCore(engine, load_settings(GeneratorSettings, max_wait_ms=0, batch_invariant=True))
+    texts = ["a fox", "fail here", "a car", "fail there", "a tower"]
+
+    async def run() -> list:
+        images = []
+        with pytest.raises(UpstreamError, match=r"^prompts\[1\] failed$"):
+            async for image in core.generate(GenerateRequest([PromptSpec(t, seed=i) for i, t in enumerate(texts)])):
+                images.append(image)
+        await core.close()
+        return images
+
+    images = asyncio.run(run())
+    assert sorted(image.index for image in images) == [0, 2, 4]
+    assert all((i.model_id, i.revision, i.usage) == ("m", "r", Usage(api_calls=1, images=1)) for i in images)
+    assert engine.calls == Counter(texts)
+
+
+def test_a_default_size_outside_the_fixed_sizes_is_refused_at_startup() -> None:
+    engine = FlakyEngine(sizes=((1024, 1024),))
+    with pytest.raises(
+        ValueError, match=r"^the default size, width: 16x16 is not a size m renders; use one of 1024x1024"
+    ):
+        GeneratorCore(engine, load_settings(GeneratorSettings))
 
 
 def test_every_registered_engine_is_importable_and_complete() -> None:

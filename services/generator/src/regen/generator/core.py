@@ -4,7 +4,10 @@ HTTP) call the same `GeneratorCore`.
 `GeneratorCore` validates a request against the loaded engine's limits, queues its
 prompts on a MicroBatcher that merges concurrent requests with equal render settings
 into one engine call, encodes each finished image as PNG on a small thread pool (so the
-model worker starts the next batch at once), and yields images as they are ready.
+model worker starts the next batch at once), and yields images as they are ready. A
+prompt that fails does not stop the others: every image that succeeds is yielded, then
+the failure of the lowest failing index is raised, so a client retries only the missing
+indexes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from dataclasses import dataclass, field, replace
 from regen.common.batching import BatchStats, MicroBatcher
 from regen.common.errors import InvalidInput
 from regen.common.images import encode_png
-from regen.generator.engines.base import EngineInfo, GenerationItem, GenerationResult, GeneratorEngine, RenderParams
+from regen.generator.engines.base import (
+    EngineInfo,
+    GenerationItem,
+    GenerationResult,
+    GeneratorEngine,
+    RenderParams,
+    Usage,
+)
 from regen.generator.settings import GeneratorSettings
 
 # Seeds are int64 on the wire (regen.v1.PromptSpec.seed); every adapter accepts this range.
@@ -58,6 +68,39 @@ class GeneratedImage:
     prompt_truncated: bool = False
     refused: bool = False
     refusal_reason: str = ""
+    # Info's model id and revision: which model rendered it.
+    model_id: str = ""
+    revision: str = ""
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class GeneratorCapabilities:
+    """What the model can do; regen.v1.GeneratorCapabilities' names."""
+
+    seeded: bool
+    negative_prompt: bool
+    sampling_params: bool
+    # The only sizes rendered; empty: any multiple of size_multiple up to max_side.
+    sizes: tuple[ImageSize, ...]
+    max_side: int
+
+    @classmethod
+    def of(cls, info: EngineInfo, settings: GeneratorSettings) -> GeneratorCapabilities:
+        sizes = tuple(ImageSize(width, height) for width, height in info.sizes)
+        return cls(
+            seeded=info.seeded,
+            negative_prompt=info.supports_negative_prompt,
+            sampling_params=info.supports_sampling_params,
+            sizes=sizes,
+            max_side=min(settings.max_side, max(max(s.width, s.height) for s in sizes)) if sizes else settings.max_side,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,10 +119,12 @@ class GeneratorFigures:
 
 @dataclass(frozen=True)
 class GeneratorDescription:
-    """What Info answers: the engine's identity, its figures and the batching statistics."""
+    """What Info answers: the engine's identity, its figures, its capabilities and the
+    batching statistics."""
 
     model: EngineInfo
     figures: GeneratorFigures
+    capabilities: GeneratorCapabilities
     stats: BatchStats
 
 
@@ -108,6 +153,16 @@ def _check_prompt(index: int, spec: PromptSpec, settings: GeneratorSettings) -> 
         raise InvalidInput(f"{where}.seed: {spec.seed} is out of range; seeds must be <= {MAX_SEED}")
 
 
+def check_fixed_size(width: int, height: int, info: EngineInfo) -> None:
+    """InvalidInput naming width (or height, when the width is one the model has) unless
+    the model renders any size or this one is among its fixed sizes."""
+    if not info.sizes or (width, height) in info.sizes:
+        return
+    name = "height" if any(width == w for w, _ in info.sizes) else "width"
+    choices = ", ".join(f"{w}x{h}" for w, h in info.sizes)
+    raise InvalidInput(f"{name}: {width}x{height} is not a size {info.model_id} renders; use one of {choices}")
+
+
 def _render_params(request: GenerateRequest, info: EngineInfo, settings: GeneratorSettings) -> RenderParams:
     """The request's size, steps and guidance (defaults filled in), without the negative-prompt flag."""
     width = _check_size("width", request.width, info.default_width, info, settings.max_side)
@@ -121,6 +176,7 @@ def _render_params(request: GenerateRequest, info: EngineInfo, settings: Generat
     guidance = info.default_guidance_scale if request.guidance_scale is None else request.guidance_scale
     if not math.isfinite(guidance) or not 0 <= guidance <= 100:
         raise InvalidInput(f"guidance_scale: {guidance} is out of range; use 0 to 100")
+    check_fixed_size(width, height, info)
     if not info.supports_sampling_params:
         steps, guidance = 0, 0.0  # ignored by the engine; keep batches mergeable
     return RenderParams(width, height, steps, guidance, uses_negative_prompt=False)
@@ -165,6 +221,11 @@ class GeneratorCore:
     """One loaded engine behind a cross-request batcher; share it between adapters."""
 
     def __init__(self, engine: GeneratorEngine, settings: GeneratorSettings) -> None:
+        info = engine.info()
+        try:
+            check_fixed_size(info.default_width, info.default_height, info)
+        except InvalidInput as exc:
+            raise ValueError(f"the default size, {exc}; set the width and height settings to one of them") from None
         self.engine = engine
         self.settings = settings
         self.batcher: MicroBatcher[GenerationItem, GenerationResult] = MicroBatcher(
@@ -195,7 +256,8 @@ class GeneratorCore:
             size_multiple=info.size_multiple,
             steps_run=self.engine.steps_run(),
         )
-        return GeneratorDescription(model=info, figures=figures, stats=self.batcher.stats)
+        capabilities = GeneratorCapabilities.of(info, self.settings)
+        return GeneratorDescription(model=info, figures=figures, capabilities=capabilities, stats=self.batcher.stats)
 
     def validate(self, request: GenerateRequest) -> list[GenerationItem]:
         return validate(request, self.engine.info(), self.settings)
@@ -208,29 +270,45 @@ class GeneratorCore:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedImage]:
         """Yield one image per prompt as soon as it is encoded (any order; see `index`).
 
-        Closing the iterator (client gone, deadline passed) cancels the request's queued
+        A prompt that fails (its engine call or its encoding) does not cancel the others:
+        every image that succeeds is yielded, then the failure of the lowest failing index
+        is raised, so a retry asks only for the missing indexes and nothing is rendered (or
+        billed) twice. Closing the iterator (client gone, deadline passed) cancels the request's queued
         items and marks its in-flight ones, so the engine stops a batch nobody waits for."""
         arrived = time.monotonic()
         items = self.validate(request)
+        model = self.engine.info()
         loop = asyncio.get_running_loop()
         rendering: dict[asyncio.Future, GenerationItem] = dict(zip(self.batcher.submit(items), items, strict=True))
         encoding: dict[asyncio.Future, tuple[GenerationItem, GenerationResult]] = {}
+        failures: dict[int, Exception] = {}
         try:
             while rendering or encoding:
                 done, _ = await asyncio.wait([*rendering, *encoding], return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
                     if future in rendering:
                         item = rendering.pop(future)
-                        result = future.result()  # re-raises the item's error
+                        try:
+                            result = future.result()  # the item's error, if it failed
+                        except Exception as exc:
+                            failures[item.index] = exc
+                            continue
                         encoding[loop.run_in_executor(self._encoder, self._encode, result)] = (item, result)
                         continue
                     item, result = encoding.pop(future)
-                    yield _finished(item, result, future.result(), time.monotonic() - arrived)
+                    try:
+                        png = future.result()
+                    except Exception as exc:
+                        failures[item.index] = exc
+                        continue
+                    yield _finished(item, result, png, time.monotonic() - arrived, model)
         finally:
             for item in items:
                 item.cancelled.set()
             for future in rendering:
                 future.cancel()
+        if failures:
+            raise failures[min(failures)]
 
     async def generate_all(self, request: GenerateRequest) -> list[GeneratedImage]:
         """Every image, in prompt order."""
@@ -243,7 +321,9 @@ class GeneratorCore:
         await asyncio.to_thread(self.engine.close)
 
 
-def _finished(item: GenerationItem, result: GenerationResult, png: bytes, elapsed_s: float) -> GeneratedImage:
+def _finished(
+    item: GenerationItem, result: GenerationResult, png: bytes, elapsed_s: float, model: EngineInfo
+) -> GeneratedImage:
     image = result.image
     return GeneratedImage(
         index=item.index,
@@ -256,4 +336,7 @@ def _finished(item: GenerationItem, result: GenerationResult, png: bytes, elapse
         prompt_truncated=result.prompt_truncated,
         refused=result.refused,
         refusal_reason=result.refusal_reason,
+        model_id=model.model_id,
+        revision=model.revision,
+        usage=result.usage,
     )

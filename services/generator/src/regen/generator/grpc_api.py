@@ -32,6 +32,7 @@ def info_message(description: GeneratorDescription) -> generator_pb2.GeneratorIn
     return generator_pb2.GeneratorInfo(
         model=common_pb2.ModelInfo(**model_json(model)),
         server=server_info(description.stats, *model.libraries),
+        capabilities=generator_pb2.GeneratorCapabilities(**asdict(description.capabilities)),
         **asdict(description.figures),
     )
 

@@ -10,7 +10,8 @@ Settings come from REGEN_GENERATOR_* variables, REGEN_CONFIG and REGEN_PRESET.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
@@ -19,7 +20,15 @@ from pydantic import ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from regen.common import bento
-from regen.generator.core import MAX_SEED, GeneratedImage, GenerateRequest, GeneratorCore, PromptSpec
+from regen.common.errors import RegenError
+from regen.generator.core import (
+    MAX_SEED,
+    GeneratedImage,
+    GenerateRequest,
+    GeneratorCore,
+    GeneratorDescription,
+    PromptSpec,
+)
 from regen.generator.grpc_api import DEFINITION
 
 
@@ -53,6 +62,17 @@ class GenerateBody(bento.StrictModel):
         )
 
 
+class UsageBody(bento.StrictModel):
+    """What rendering one image cost (regen.v1.Usage)."""
+
+    api_calls: int = Field(description="Remote API calls made for this image, retries included")
+    retries: int = Field(description="Of those, calls repeated after a transient failure")
+    input_tokens: int = Field(description="Tokens the API billed, as it reported them")
+    output_tokens: int
+    images: int = Field(description="Images the API billed")
+    cost_usd: float | None = Field(description="US dollars, where the API states it; else null")
+
+
 class ImageBody(bento.StrictModel):
     index: int = Field(description="Position of the prompt in prompts")
     png: str = Field(description="Lossless PNG, base64; empty when refused")
@@ -64,6 +84,9 @@ class ImageBody(bento.StrictModel):
     prompt_truncated: bool = Field(description="The prompt was cut to the model's token budget")
     refused: bool = Field(description="The model refused the prompt (content policy); no image")
     refusal_reason: str
+    model_id: str = Field(description="The model that rendered the image: Info's model.model_id")
+    revision: str = Field(description="Info's model.revision")
+    usage: UsageBody
 
     @classmethod
     def of(cls, image: GeneratedImage) -> ImageBody:
@@ -72,6 +95,21 @@ class ImageBody(bento.StrictModel):
 
 class ImagesBody(bento.StrictModel):
     images: list[ImageBody] = Field(description="One image per prompt, in prompt order")
+
+
+class SizeBody(bento.StrictModel):
+    width: int
+    height: int
+
+
+class CapabilitiesBody(bento.StrictModel):
+    """What the model can do (regen.v1.GeneratorCapabilities)."""
+
+    seeded: bool = Field(description="The same prompt, settings and seed give the same image")
+    negative_prompt: bool = Field(description="negative_prompt is used; otherwise a non-empty one is refused")
+    sampling_params: bool = Field(description="steps and guidance_scale change the image; otherwise ignored")
+    sizes: list[SizeBody] = Field(description="The only sizes rendered; empty: any multiple of size_multiple")
+    max_side: int = Field(description="Longest side accepted")
 
 
 class GeneratorInfoBody(bento.StrictModel):
@@ -84,7 +122,17 @@ class GeneratorInfoBody(bento.StrictModel):
     max_batch: int = Field(description="Most prompts in one request")
     size_multiple: int = Field(description="Width and height must be multiples of this")
     steps_run: int = Field(description="Denoising steps run since start (0: not counted)")
+    capabilities: CapabilitiesBody
     server: bento.ServerStatsBody
+
+    @classmethod
+    def of(cls, description: GeneratorDescription) -> GeneratorInfoBody:
+        return cls(
+            model=bento.ModelBody.of(description.model),
+            server=bento.ServerStatsBody.of(description.stats),
+            capabilities=CapabilitiesBody.model_validate(asdict(description.capabilities)),
+            **asdict(description.figures),
+        )
 
 
 @bentoml.service(name="regen-generator", resources={"gpu": 1}, workers=1, traffic={"timeout": 600})
@@ -98,7 +146,8 @@ class Generator(bento.GrpcAlongside[GeneratorCore]):
 
     @bentoml.api(input_spec=GenerateBody)
     async def generate_stream(self, ctx: bentoml.Context, **body: Any) -> AsyncGenerator[str, None]:
-        """The same images as `generate`, one JSON object (ImageBody) per line as each is ready."""
+        """The same images as `generate`, one JSON object (ImageBody) per line as each is
+        ready; when a prompt failed, a last line holds the error (the one error shape)."""
         request = GenerateBody.model_validate(body).request()
         refusal = await bento.answer(_check(self.core, request))
         if isinstance(refusal, JSONResponse):  # refused before streaming: an error answer
@@ -106,18 +155,13 @@ class Generator(bento.GrpcAlongside[GeneratorCore]):
             ctx.response.headers.update(refusal.headers)
             yield bytes(refusal.body).decode()
             return
-        async for image in self.core.generate(request):
-            yield ImageBody.of(image).model_dump_json() + "\n"
+        async for line in stream_lines(self.core, request):
+            yield line
 
     @bentoml.api(input_spec=bento.NoBody, output_spec=GeneratorInfoBody)
     async def info(self) -> GeneratorInfoBody:
-        """Model identity, prompt token budget, defaults, limits and batching statistics."""
-        description = self.core.describe()
-        return GeneratorInfoBody(
-            model=bento.ModelBody.of(description.model),
-            server=bento.ServerStatsBody.of(description.stats),
-            **asdict(description.figures),
-        )
+        """Model identity, prompt token budget, defaults, limits, capabilities and batching statistics."""
+        return GeneratorInfoBody.of(self.core.describe())
 
 
 async def _generate(core: GeneratorCore, body: GenerateBody) -> ImagesBody:
@@ -127,6 +171,16 @@ async def _generate(core: GeneratorCore, body: GenerateBody) -> ImagesBody:
 
 async def _check(core: GeneratorCore, request: GenerateRequest) -> None:
     core.validate(request)
+
+
+async def stream_lines(core: GeneratorCore, request: GenerateRequest) -> AsyncIterator[str]:
+    """One JSON line per image as it is ready; after them, when a prompt failed, one line
+    with the first failure in the one error shape ({"error": {...}})."""
+    try:
+        async for image in core.generate(request):
+            yield ImageBody.of(image).model_dump_json() + "\n"
+    except RegenError as exc:
+        yield json.dumps(bento.error_body(exc.http_status, exc.status, str(exc))) + "\n"
 
 
 bento.use_error_shape(Generator)

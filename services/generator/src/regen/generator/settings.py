@@ -47,10 +47,9 @@ class GeneratorSettings(ServiceSettings):
     api_key_env: str = "OPENAI_API_KEY"
     # A file holding the key (e.g. a mounted Kubernetes secret); used when the env var is unset.
     api_key_file: str | None = None
+    # Seconds one API call may take. Each prompt is one call, never retried here: the
+    # orchestrator retries UNAVAILABLE and RESOURCE_EXHAUSTED, asking only for what is missing.
     api_timeout_s: float = Field(120.0, gt=0)
-    # Retries of 429, 408/409 and 5xx answers and connection errors, with the openai client's
-    # exponential backoff (0.5 s doubling to 8 s, or the server's Retry-After up to 2 min).
-    api_max_retries: int = Field(4, ge=0)
     # Requests in flight at once to the API.
     api_concurrency: int = Field(4, ge=1)
     # Extra fields sent with every images.generate call, e.g. {"quality": "high"}.

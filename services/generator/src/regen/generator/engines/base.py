@@ -41,6 +41,20 @@ class GenerationItem:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What rendering one image cost (regen.v1.Usage): remote API calls (retries among
+    them), and what the API billed, as it reported it. All zero for a local model."""
+
+    api_calls: int = 0
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    images: int = 0
+    # US dollars, only where the API states the cost.
+    cost_usd: float | None = None
+
+
 @dataclass
 class GenerationResult:
     """An image, or a refusal (content policy / safety checker) with its reason."""
@@ -50,6 +64,7 @@ class GenerationResult:
     prompt_truncated: bool = False
     refused: bool = False
     refusal_reason: str = ""
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,11 @@ class EngineInfo:
     supports_negative_prompt: bool = True
     # Whether `steps` / `guidance_scale` change anything (vendor APIs ignore them).
     supports_sampling_params: bool = True
+    # Whether the same prompt, settings and seed give the same image (vendor APIs: no).
+    seeded: bool = True
+    # The only (width, height) pairs the model renders (a vendor's fixed sizes); empty:
+    # any multiple of size_multiple up to the service's max_side.
+    sizes: tuple[tuple[int, int], ...] = ()
     libraries: tuple[str, ...] = ()
 
 

@@ -1,16 +1,22 @@
 """A vendor text-to-image model behind an OpenAI-compatible Images API
 (`POST /v1/images/generations`: gpt-image-1, DALL·E 3, or any server that speaks it).
 
-One API call per prompt, up to `api_concurrency` at once. Rate limits (429), 408/409,
-5xx answers and dropped connections are retried by the openai client with exponential
-backoff (0.5 s doubling up to 8 s, minus up to 25% jitter, or the server's Retry-After up
-to 2 minutes), at most `api_max_retries` times. A content-policy refusal is a refused
-candidate, not an error. The API key is read from the environment variable named by
-`api_key_env`, else from `api_key_file` (a mounted secret); it is handed to the client
-and never logged, reported or put into an error message.
+One API call per prompt, up to `api_concurrency` at once, and exactly one: the openai
+client's own retries are off (max_retries=0), because the orchestrator is the one retry
+layer of this call path. It retries UNAVAILABLE and RESOURCE_EXHAUSTED with backoff,
+asking only for the prompts still missing, so an image is never paid for twice. The
+answers map to statuses (`api_error`): 401 is UNAUTHENTICATED naming the key's setting,
+403 PERMISSION_DENIED, 429 RESOURCE_EXHAUSTED (PERMISSION_DENIED when the quota is
+spent), 408/409/5xx and connection errors UNAVAILABLE, a content-policy 400 a refused
+candidate, any other 4xx INVALID_ARGUMENT naming the prompt: never UNAVAILABLE for a 4xx.
+
+The API key is read from the environment variable named by `api_key_env`, else from
+`api_key_file` (a mounted secret); it is handed to the client and never logged,
+reported or put into an error message.
 
 The Images API has no seed, steps or guidance: `seed` is echoed back but does not make
-the image reproducible, and `steps` / `guidance_scale` are ignored.
+the image reproducible (Info says `seeded: false`), and `steps` / `guidance_scale` are
+ignored. Known models render only fixed sizes (`FIXED_SIZES`); others are refused.
 """
 
 from __future__ import annotations
@@ -18,16 +24,15 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from regen.common.errors import InvalidInput, UpstreamError
+from regen.common.errors import InvalidInput, RegenError, UpstreamError
 from regen.common.images import decode_image
-from regen.generator.engines.base import EngineInfo, GenerationItem, GenerationResult, Interrupted
+from regen.common.remote_api import api_error, api_message, read_api_key
+from regen.generator.engines.base import EngineInfo, GenerationItem, GenerationResult, Interrupted, Usage
 from regen.generator.settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
@@ -35,21 +40,13 @@ log = logging.getLogger(__name__)
 # Error codes the API uses when its safety system rejects a prompt.
 CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 DEFAULT_SIZE = 1024
-
-
-def read_api_key(settings: GeneratorSettings) -> str | None:
-    key = os.environ.get(settings.api_key_env, "").strip()
-    if key:
-        return key
-    if settings.api_key_file:
-        path = Path(settings.api_key_file)
-        try:
-            key = path.read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"api_key_file: cannot read {path}: {exc.strerror or exc}") from None
-        if key:
-            return key
-    return None
+OPENAI_URL = "https://api.openai.com/v1"
+# The only sizes these models render (width, height); a model not listed may take any.
+FIXED_SIZES: dict[str, tuple[tuple[int, int], ...]] = {
+    "gpt-image-1": ((1024, 1024), (1536, 1024), (1024, 1536)),
+    "dall-e-3": ((1024, 1024), (1792, 1024), (1024, 1792)),
+    "dall-e-2": ((256, 256), (512, 512), (1024, 1024)),
+}
 
 
 def is_content_policy_refusal(exc: Any) -> bool:
@@ -67,22 +64,16 @@ class OpenAIImagesEngine:
 
         self._openai = openai
         self.settings = settings
+        self.base_url = (settings.api_base_url or OPENAI_URL).rstrip("/")
+        key, self._key_setting = read_api_key(settings.api_key_env, settings.api_key_file)
         if client is None:
-            key = read_api_key(settings)
             if key is None:
                 if not settings.api_base_url:
-                    raise ValueError(
-                        f"engine openai: no API key; set the environment variable {settings.api_key_env} "
-                        "or api_key_file"
-                    )
+                    raise ValueError(f"engine openai: no API key; set {self._key_setting}")
                 log.warning("engine openai: no API key found; calling %s without one", settings.api_base_url)
                 key = "unused"
-            client = openai.OpenAI(
-                api_key=key,
-                base_url=settings.api_base_url,
-                timeout=settings.api_timeout_s,
-                max_retries=settings.api_max_retries,
-            )
+            # No retries here: the orchestrator is this call path's one retry layer.
+            client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=settings.api_timeout_s, max_retries=0)
         self._client = client
         self._pool = ThreadPoolExecutor(settings.api_concurrency, thread_name_prefix="images-api")
         self._legacy_dalle = settings.model.startswith("dall-e")
@@ -100,6 +91,8 @@ class OpenAIImagesEngine:
             size_multiple=8,
             supports_negative_prompt=False,
             supports_sampling_params=False,
+            seeded=False,
+            sizes=FIXED_SIZES.get(settings.model, ()),
             libraries=("openai",),
         )
 
@@ -137,30 +130,28 @@ class OpenAIImagesEngine:
     def _one(self, item: GenerationItem) -> GenerationResult:
         if item.cancelled.is_set():
             raise Interrupted("cancelled before the API call")
-        openai = self._openai
         options = dict(self.settings.api_options)
         try:
             response = self._client.images.generate(**self._request(item), extra_body=options or None)
-        except openai.BadRequestError as exc:
+        except self._openai.APIError as exc:
             if is_content_policy_refusal(exc):
-                return GenerationResult(image=None, refused=True, refusal_reason=_api_message(exc))
-            raise InvalidInput(
-                f"prompts[{item.index}]: the images API refused the request: {_api_message(exc)}"
-            ) from None
-        except openai.AuthenticationError as exc:
-            raise UpstreamError(f"images API: authentication failed ({exc.status_code}); check the API key") from None
-        except openai.APIStatusError as exc:
-            raise UpstreamError(
-                f"images API answered {exc.status_code} after {self.settings.api_max_retries} retries: "
-                f"{_api_message(exc)}"
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise UpstreamError(
-                f"images API unreachable after {self.settings.api_max_retries} retries: {type(exc).__name__}"
-            ) from None
+                return GenerationResult(
+                    image=None, refused=True, refusal_reason=api_message(exc), usage=Usage(api_calls=1)
+                )
+            raise self.api_error(exc, item) from None
         if not response.data:
-            raise UpstreamError("images API answered without an image")
-        return GenerationResult(image=self._decode(response.data[0], item))
+            raise UpstreamError(f"generator: the images API at {self.base_url} answered without an image")
+        return GenerationResult(image=self._decode(response.data[0], item), usage=usage_of(response))
+
+    def api_error(self, exc: Any, item: GenerationItem) -> RegenError:
+        """The status an error of the images API stands for (regen.common.remote_api);
+        a 4xx other than 401, 403, 429 is the request's fault: INVALID_ARGUMENT naming it."""
+        where = f"generator: the images API at {self.base_url}"
+
+        def refused(status: int, message: str) -> RegenError:
+            return InvalidInput(f"prompts[{item.index}]: {where} refused the request ({status}): {message}")
+
+        return api_error(exc, where=where, model=self.settings.model, key_setting=self._key_setting, refused=refused)
 
     def _decode(self, image: Any, item: GenerationItem):
         what = f"images API image for prompts[{item.index}]"
@@ -184,8 +175,15 @@ class OpenAIImagesEngine:
         self._client.close()
 
 
-def _api_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return getattr(exc, "message", None) or str(exc)
+def usage_of(response: Any) -> Usage:
+    """One call, one image, and the tokens (and cost, where a gateway states one) that the
+    API reported in `usage`."""
+    usage = getattr(response, "usage", None)
+    cost = getattr(usage, "cost", None)
+    return Usage(
+        api_calls=1,
+        images=1,
+        input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+        output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+        cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+    )
