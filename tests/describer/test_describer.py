@@ -377,16 +377,18 @@ def test_openai_backend_against_transformers_serve(transformers_serve, tiny_mode
         assert SECRET not in entry.read_text()
 
 
-class _FlakyAPI(BaseHTTPRequestHandler):
-    """Answers 503, then 429 (Retry-After: 0), then a valid completion; 400 for model 'bad'."""
+class _ChatAPI(BaseHTTPRequestHandler):
+    """Answers each call with the next status of `replies` (200 when empty): a valid
+    completion, or an error (429 "quota": insufficient_quota); records the keys it saw."""
 
-    replies: ClassVar[list[int]] = []
+    replies: ClassVar[list[int | str]] = []
     seen_keys: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         type(self).seen_keys.append(self.headers.get("authorization", ""))
-        status = 400 if body["model"] == "bad" else (type(self).replies.pop(0) if type(self).replies else 200)
+        reply = type(self).replies.pop(0) if type(self).replies else 200
+        status = 429 if reply == "quota" else int(reply)
         if status == 200:
             content = json.dumps({"prompt": "red apple, wooden table"})
             payload = {
@@ -400,13 +402,12 @@ class _FlakyAPI(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17},
             }
         else:
-            payload = {"error": {"message": f"status {status}", "type": "test"}}
+            code = "insufficient_quota" if reply == "quota" else None
+            payload = {"error": {"message": f"status {status} as asked", "type": "test", "code": code}}
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
-        if status == 429:
-            self.send_header("retry-after", "0")
         self.end_headers()
         self.wfile.write(data)
 
@@ -414,45 +415,96 @@ class _FlakyAPI(BaseHTTPRequestHandler):
         return None
 
 
-def test_openai_backend_retries_429_and_5xx_then_fails_fast_on_4xx(monkeypatch):
-    from regen.common.errors import UpstreamError
-    from regen.describer.answers import Difference
-    from regen.describer.backends import openai_backend
-    from regen.describer.core import CoreOptions, DescriberCore
-
-    monkeypatch.setattr(openai_backend, "BACKOFF_BASE_S", 0.01)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyAPI)
+@pytest.fixture(scope="module")
+def chat_api() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatAPI)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
-        _FlakyAPI.replies = [503, 429]
-        backend = openai_backend.OpenAIBackend(
-            "gpt-test", base_url=base_url, api_key=SECRET, revision="api", timeout_s=5, max_retries=3
-        )
-        core = DescriberCore(backend, CoreOptions())
-        result = asyncio.run(core.revise("an apple", [Difference("content", "a table")], 77))
-        assert result.answer == "red apple, wooden table" and result.call.output_tokens == 7
-        assert backend.stats().items == 1 and _FlakyAPI.seen_keys[-1] == f"Bearer {SECRET}"
-        assert len(_FlakyAPI.seen_keys) == 3
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
 
-        _FlakyAPI.replies = [503, 503, 503]
-        few = openai_backend.OpenAIBackend(
-            "gpt-test", base_url=base_url, api_key=SECRET, revision="api", timeout_s=5, max_retries=2
-        )
-        with pytest.raises(UpstreamError, match=r"HTTP 503.*after 3 attempts") as info:
-            asyncio.run(DescriberCore(few, CoreOptions()).revise("a pear", [Difference("style", "photo")], 0))
-        assert SECRET not in str(info.value)
 
-        bad = openai_backend.OpenAIBackend(
-            "bad", base_url=base_url, api_key=SECRET, revision="api", timeout_s=5, max_retries=3
-        )
-        seen = len(_FlakyAPI.seen_keys)
-        with pytest.raises(UpstreamError, match="HTTP 400"):
-            asyncio.run(DescriberCore(bad, CoreOptions()).revise("a fig", [Difference("style", "photo")], 0))
-        assert len(_FlakyAPI.seen_keys) == seen + 1
-    finally:
-        server.shutdown()
+def _revise(backend) -> object:
+    from regen.describer.answers import Difference
+    from regen.describer.core import CoreOptions, DescriberCore
+
+    return asyncio.run(DescriberCore(backend, CoreOptions()).revise("an apple", [Difference("content", "a table")], 77))
+
+
+def _backend(base_url: str, **kwargs):
+    from regen.describer.backends import openai_backend
+
+    return openai_backend.OpenAIBackend(
+        "gpt-test", base_url=base_url, api_key=SECRET, revision="api", timeout_s=5, **kwargs
+    )
+
+
+def test_openai_backend_answers_with_the_key_in_one_call(chat_api):
+    _ChatAPI.replies, _ChatAPI.seen_keys = [], []
+    backend = _backend(chat_api)
+    result = _revise(backend)
+    assert result.answer == "red apple, wooden table" and result.call.output_tokens == 7
+    assert backend.stats().items == 1 and _ChatAPI.seen_keys == [f"Bearer {SECRET}"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "words"),
+    [
+        (503, "UNAVAILABLE", "failed (503): status 503 as asked"),
+        (500, "UNAVAILABLE", "failed (500)"),
+        (408, "UNAVAILABLE", "failed (408)"),
+        (429, "RESOURCE_EXHAUSTED", "rate limiting (429)"),
+        ("quota", "PERMISSION_DENIED", "the account's quota is spent (429)"),
+        (401, "UNAUTHENTICATED", "refused the API key (401); set a valid key in the environment variable"),
+        (403, "PERMISSION_DENIED", "denied this key the model gpt-test (403)"),
+        (400, "FAILED_PRECONDITION", "refused the request the describer built for model gpt-test (400)"),
+        (404, "FAILED_PRECONDITION", "(404)"),
+    ],
+)
+def test_openai_backend_maps_each_answer_after_exactly_one_call(chat_api, reply, status, words):
+    """One retry layer: the orchestrator's. The backend makes one call whatever the answer
+    (the 503 and 429 that it used to retry included), and names the service and the API."""
+    from regen.common.errors import RegenError
+
+    _ChatAPI.replies, _ChatAPI.seen_keys = [reply], []
+    backend = _backend(chat_api, key_setting="the environment variable OPENAI_API_KEY (setting api_key_env)")
+    with pytest.raises(RegenError) as info:
+        _revise(backend)
+    assert info.value.status == status, info.value
+    assert str(info.value).startswith(f"describer: the chat API at {chat_api} ") and words in str(info.value)
+    assert SECRET not in str(info.value)
+    assert len(_ChatAPI.seen_keys) == 1 and backend.stats().items == 1
+
+
+def test_openai_backend_names_where_the_refused_key_came_from(chat_api, tmp_path, monkeypatch):
+    from regen.common.errors import Unauthenticated
+    from regen.describer.backends.openai_backend import OpenAIBackend
+
+    secret = tmp_path / "key"
+    secret.write_text(SECRET)
+    monkeypatch.delenv("REGEN_TEST_NO_SUCH_KEY", raising=False)
+    settings = load_settings(
+        DescriberSettings,
+        backend="openai",
+        model="gpt-test",
+        api_base_url=chat_api,
+        api_key_env="REGEN_TEST_NO_SUCH_KEY",
+        api_key_file=str(secret),
+    )
+    _ChatAPI.replies, _ChatAPI.seen_keys = [401], []
+    with pytest.raises(Unauthenticated) as info:
+        _revise(OpenAIBackend.from_settings(settings))
+    assert str(info.value).endswith(f"(401); set a valid key in the file {secret} (setting api_key_file)")
+    assert _ChatAPI.seen_keys == [f"Bearer {SECRET}"]
+
+
+def test_openai_backend_unreachable_is_unavailable():
+    from regen.common.errors import UpstreamError
+
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(UpstreamError, match=r"^describer: the chat API at .* did not answer: APIConnectionError$"):
+        _revise(_backend(closed))
 
 
 def test_openai_request_carries_images_as_data_urls_and_the_schema():
@@ -462,9 +514,7 @@ def test_openai_request_carries_images_as_data_urls_and_the_schema():
     from regen.describer.backends import openai_backend
     from regen.describer.backends.base import ModelCall
 
-    backend = openai_backend.OpenAIBackend(
-        "gpt-4o", base_url=None, api_key=SECRET, revision="api", timeout_s=5, max_retries=0
-    )
+    backend = openai_backend.OpenAIBackend("gpt-4o", base_url=None, api_key=SECRET, revision="api", timeout_s=5)
     bounds = tiny_bounds()
     picture = Image.new("RGB", (32, 32), (10, 20, 30))
     call = ModelCall(templates.judge(picture, picture, bounds), schemas.judge_schema(bounds), "judge", 100)
@@ -476,7 +526,7 @@ def test_openai_request_carries_images_as_data_urls_and_the_schema():
     assert request["temperature"] == 0 and "seed" not in request
     assert SECRET not in json.dumps(request)
     with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
-        openai_backend.OpenAIBackend("gpt-4o", base_url=None, api_key=None, revision="api", timeout_s=5, max_retries=0)
+        openai_backend.OpenAIBackend("gpt-4o", base_url=None, api_key=None, revision="api", timeout_s=5)
 
 
 # ---------------------------------------------------------------- vLLM

@@ -2,27 +2,32 @@
 
 Images travel as base64 PNG data URLs; the schema goes in `response_format` (json_schema,
 strict). Servers that ignore `response_format` are still safe: the engine validates and
-repairs every answer. 429s, 5xx answers, timeouts and dropped connections are retried
-with exponential backoff (honouring Retry-After); other errors fail at once. The API key
-is read once from the environment or a secret file and handed to the client; it is never
-logged, put in an error message, or stored with results.
+repairs every answer. The API key is read once from the environment or a secret file and
+handed to the client; it is never logged, put in an error message, or stored with results.
+
+One model call is one API call: nothing here retries, and the openai client's retries
+are off (max_retries=0), because the orchestrator is this call path's one retry layer (it
+retries UNAVAILABLE and RESOURCE_EXHAUSTED with backoff). The answers map to statuses
+(`api_error`): 429 is RESOURCE_EXHAUSTED (PERMISSION_DENIED when the quota is spent),
+408/409/5xx, timeouts and dropped connections UNAVAILABLE, 401 UNAUTHENTICATED naming the
+key's setting, 403 PERMISSION_DENIED, and any other 4xx FAILED_PRECONDITION
+(`RequestRefused`): the API refused a request the describer built, which is neither the
+caller's input nor transient, so it is never retried.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import os
-import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from regen.common.batching import BatchStats
-from regen.common.errors import UpstreamError
+from regen.common.errors import RegenError, UpstreamError
 from regen.common.identity import model_revision
 from regen.common.images import encode_png
+from regen.common.remote_api import api_error, read_api_key
 from regen.describer.backends.base import BackendIdentity, CallCounter, Completion, Message, ModelCall
 
 if TYPE_CHECKING:
@@ -31,21 +36,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPENAI_URL = "https://api.openai.com/v1"
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 30.0
+KEY_SETTINGS = "the environment variable named by api_key_env (default OPENAI_API_KEY) or api_key_file"
 
 
-def read_api_key(env_name: str, key_file: Path | None) -> str | None:
-    value = os.environ.get(env_name, "").strip()
-    if value:
-        return value
-    if key_file is not None:
-        try:
-            value = key_file.read_text().strip()
-        except OSError as exc:
-            raise RuntimeError(f"cannot read the API key file {key_file}: {exc.strerror or exc}") from None
-        return value or None
-    return None
+class RequestRefused(RegenError):
+    """The API refused a request the describer built (a 4xx other than 401, 403 and 429,
+    e.g. a model without image input or JSON schemas, or a context too long): not the
+    caller's input, and the same request would be refused again."""
+
+    status = "FAILED_PRECONDITION"
+    http_status = 422
 
 
 def image_part(image) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class OpenAIBackend:
         api_key: str | None,
         revision: str,
         timeout_s: float,
-        max_retries: int,
+        key_setting: str = KEY_SETTINGS,
         client: Any = None,
     ) -> None:
         from openai import AsyncOpenAI
@@ -86,12 +86,13 @@ class OpenAIBackend:
                 "the openai backend needs an API key for api.openai.com: set the environment variable named by "
                 "api_key_env (default OPENAI_API_KEY) or api_key_file"
             )
-        # Local servers (vllm serve, transformers serve) accept any key.
+        # Local servers (vllm serve, transformers serve) accept any key. No retries here:
+        # the orchestrator is this call path's one retry layer.
         self._client = client or AsyncOpenAI(
             base_url=self.base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=0
         )
         self.model = model
-        self.max_retries = max_retries
+        self.key_setting = key_setting
         self.identity = BackendIdentity(
             backend="openai",
             model_id=model,
@@ -107,13 +108,14 @@ class OpenAIBackend:
         # A local model folder served by `vllm serve` or `transformers serve` is
         # identified by its files; a hosted model by the settings' revision, else "api".
         local = Path(settings.model).expanduser().exists()
+        api_key, key_setting = read_api_key(settings.api_key_env, settings.api_key_file)
         return cls(
             settings.model,
             base_url=settings.api_base_url,
-            api_key=read_api_key(settings.api_key_env, settings.api_key_file),
+            api_key=api_key,
             revision=settings.revision or (model_revision(settings.model) if local else "api"),
             timeout_s=settings.api_timeout_s,
-            max_retries=settings.api_max_retries,
+            key_setting=key_setting,
         )
 
     def stats(self) -> BatchStats:
@@ -144,44 +146,27 @@ class OpenAIBackend:
         request = self._request(call)
         started = time.monotonic()
         try:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    response = await self._client.chat.completions.create(**request)
-                    break
-                except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
-                    # APITimeoutError is an APIConnectionError.
-                    if attempt == self.max_retries:
-                        raise UpstreamError(f"{self.base_url}: {_describe(exc)} after {attempt + 1} attempts") from None
-                    delay = _retry_after(exc) or min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt)
-                    delay *= 1 + 0.25 * random.random()
-                    log.warning("%s: %s; retrying in %.1f s", self.base_url, _describe(exc), delay)
-                    await asyncio.sleep(delay)
-                except openai.APIStatusError as exc:
-                    raise UpstreamError(f"{self.base_url}: {_describe(exc)}") from None
+            response = await self._client.chat.completions.create(**request)
+        except openai.APIError as exc:
+            raise self.api_error(exc) from None
         finally:
             self._counter.record(started)
         choice = response.choices[0] if response.choices else None
         if choice is None:
-            raise UpstreamError(f"{self.base_url}: the response has no choices")
+            raise UpstreamError(f"describer: the chat API at {self.base_url} answered without choices")
         text = choice.message.content or ""
         usage = getattr(response, "usage", None)
         tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         return Completion(text=text, output_tokens=tokens, truncated=choice.finish_reason == "length")
 
+    def api_error(self, exc: Exception) -> RegenError:
+        """The status an error of the chat API stands for (regen.common.remote_api); a
+        4xx other than 401, 403, 429 refused a request the describer built: RequestRefused."""
+        where = f"describer: the chat API at {self.base_url}"
 
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    # The message of an API error is the server's; it never contains our key.
-    message = getattr(exc, "message", None) or str(exc)
-    return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"
+        def refused(status: int, message: str) -> RegenError:
+            return RequestRefused(
+                f"{where} refused the request the describer built for model {self.model} ({status}): {message}"
+            )
 
-
-def _retry_after(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    try:
-        return min(BACKOFF_MAX_S, max(0.0, float(headers.get("retry-after", ""))))
-    except ValueError:
-        return None
+        return api_error(exc, where=where, model=self.model, key_setting=self.key_setting, refused=refused)
