@@ -12,15 +12,16 @@ it has not received yet, so nothing is rendered, or paid for, twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from regen.common.grpc_server import channel_options
+from regen.common.grpc_server import REPLICA_METADATA_KEY, channel_options
 from regen.orchestrator import usage
 from regen.orchestrator.replies import ContractViolation, ExpectedImage, check_generated_image, check_indexes
 from regen.orchestrator.settings import RetryPolicy
@@ -58,8 +59,80 @@ class RunStopped(ServiceError):
     succeed, so the run stops at once (exit status 2) and says what to fix."""
 
 
+class ServiceDown(ServiceError):
+    """A service stayed unavailable for the whole outage budget. The run stops without
+    recording anything against the model; it resumes when run again."""
+
+    def __init__(self, service: str, method: str, address: str, since: float, budget_s: float) -> None:
+        self.address = address
+        self.since = since
+        when = time.strftime("%H:%M:%S", time.localtime(since))
+        details = f"unavailable at {address} since {when} ({budget_s:.0f} s, the outage budget)"
+        super().__init__(service, method, grpc.StatusCode.UNAVAILABLE, details, 0)
+
+
 class ConnectError(RuntimeError):
     """A service cannot be used at all (unreachable, not serving, wrong service)."""
+
+
+# Spread calls over every address a target resolves to, and keep connections checked.
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+CLIENT_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.service_config", SERVICE_CONFIG),
+    # Pings at most every 5 minutes while calls are open: what gRPC servers accept by
+    # default; a peer that vanished without closing the connection is noticed then.
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+
+
+def channel_target(address: str) -> str:
+    """A gRPC target for `address`: host:port; a comma-separated list of IP:port, one per
+    replica; or any gRPC target URI, e.g. dns:///generator.regen.svc:50052 (a headless
+    Service: every pod's address, re-resolved as replicas come and go)."""
+    if "," not in address or (":" in address.split(",")[0].split("//")[0] and "://" in address):
+        return address
+    if address.startswith(("ipv4:", "ipv6:")):
+        return address
+    parts = [part.strip() for part in address.split(",") if part.strip()]
+    if all(part.startswith("[") for part in parts):
+        return "ipv6:" + ",".join(parts)
+    return "ipv4:" + ",".join(parts)
+
+
+@dataclass
+class ReplicaStats:
+    """What one replica did for this client: calls, images, and seconds with calls open."""
+
+    calls: int = 0
+    images: int = 0
+    busy_s: float = 0.0
+
+
+class ReplicaLedger:
+    """Per-replica counts, keyed by the regen-replica metadata (or "unnamed" for a
+    server that does not send it)."""
+
+    def __init__(self) -> None:
+        self.replicas: dict[str, ReplicaStats] = {}
+
+    def note(self, replica: str, seconds: float, images: int = 0) -> None:
+        stats = self.replicas.setdefault(replica or "unnamed", ReplicaStats())
+        stats.calls += 1
+        stats.images += images
+        stats.busy_s += seconds
+
+    def record(self) -> dict[str, dict[str, float]]:
+        return {name: asdict(stats) for name, stats in sorted(self.replicas.items())}
+
+
+async def replica_of(call: Any) -> str:
+    """The replica that served `call` (a finished or failed call is fine)."""
+    try:
+        metadata = await call.initial_metadata()
+    except (grpc.aio.AioRpcError, asyncio.CancelledError):
+        return ""
+    return dict(metadata or ()).get(REPLICA_METADATA_KEY, "") if metadata else ""
 
 
 class _Client:
@@ -68,8 +141,9 @@ class _Client:
     def __init__(self, address: str, retry: RetryPolicy) -> None:
         self.address = address
         self.retry = retry
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self.channel = grpc.aio.insecure_channel(channel_target(address), options=[*channel_options(), *CLIENT_OPTIONS])
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.ledger = ReplicaLedger()
 
     async def close(self) -> None:
         await self.channel.close()
@@ -84,6 +158,7 @@ class _Client:
         never retried."""
         attempt = 0
         first_failure: float | None = None
+        first_failure_wall: float | None = None
         try:
             while True:
                 attempt += 1
@@ -97,18 +172,43 @@ class _Client:
                         raise ServiceError(self.service, method, code, details, attempt) from None
                     now = time.monotonic()
                     first_failure = first_failure or now
-                    pause = self.retry.backoff_s(attempt)
-                    if now + pause - first_failure >= self.retry.outage_budget_s:
-                        waited = f"{details} (retried for {now - first_failure:.0f} s, the outage budget)"
-                        raise ServiceError(self.service, method, code, waited, attempt) from None
-                await asyncio.sleep(pause)
+                    first_failure_wall = first_failure_wall or time.time()
+                await self._ride_through(method, attempt, first_failure, first_failure_wall)
         finally:
             usage.count_call(self.service, method, attempts=attempt)
 
-    async def wait_until_serving(self, timeout_s: float) -> None:
-        """Fail fast when nothing listens or health is not served as gRPC clients expect;
-        wait up to timeout_s while the model loads."""
+    async def _ride_through(self, method: str, attempt: int, first_failure: float, since: float) -> None:
+        """Back off (with jitter), then wait until the channel is ready again (any replica
+        will do), within what is left of the outage budget; ServiceDown when it runs out."""
+        remaining = self.retry.outage_budget_s - (time.monotonic() - first_failure)
+        if remaining <= 0:
+            raise ServiceDown(self.service, method, self.address, since, self.retry.outage_budget_s)
+        await asyncio.sleep(min(self.retry.backoff_s(attempt), remaining))
+        remaining = self.retry.outage_budget_s - (time.monotonic() - first_failure)
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), max(remaining, 0.001))
+        except TimeoutError:
+            raise ServiceDown(self.service, method, self.address, since, self.retry.outage_budget_s) from None
+
+    async def _unary(self, method: str, rpc: Callable[..., Any], request: Any) -> Any:
+        """A unary call with retries, noting which replica answered each attempt."""
+
+        async def invoke(timeout: float) -> Any:
+            call = rpc(request, timeout=timeout)
+            started = time.monotonic()
+            try:
+                return await call
+            finally:
+                self.ledger.note(await replica_of(call), time.monotonic() - started)
+
+        return await self._call(method, invoke)
+
+    async def wait_until_serving(self, timeout_s: float, on_wait: Callable[[str], None] | None = None) -> None:
+        """Wait up to timeout_s for health SERVING under '' (a cluster's services may still
+        be starting or loading models), telling `on_wait` every 15 s what it waits for;
+        fail at once when health is not served as gRPC clients expect."""
         deadline = time.monotonic() + timeout_s
+        next_note = time.monotonic() + 15
         last = ""
         where = f"the {self.service} at {self.address}"
         while True:
@@ -130,13 +230,18 @@ class _Client:
                         f"whole server): set SERVING for '' as well as for 'regen.v1.{self.service.capitalize()}' "
                         f"({HEALTH_HELP})"
                     ) from None
-                if code == grpc.StatusCode.UNAVAILABLE and not last:
+                last = f"unreachable: {exc.details()}" if code == grpc.StatusCode.UNAVAILABLE else code.name
+            now = time.monotonic()
+            if now > deadline:
+                if last.startswith("unreachable"):
                     raise ConnectError(
-                        f"cannot reach {where}: {exc.details()} (is it running, and is the address host:port?)"
-                    ) from None
-                last = f"{code.name}: {exc.details()}"
-            if time.monotonic() > deadline:
+                        f"cannot reach {where} within {timeout_s:.0f} s ({last}; is it running, and is the "
+                        "address host:port?)"
+                    )
                 raise ConnectError(f"{where} is not serving after {timeout_s:.0f} s ({last})")
+            if on_wait is not None and now > next_note:
+                on_wait(f"waiting for {where}: {last}")
+                next_note = now + 15
             await asyncio.sleep(0.5)
 
     async def _info(self, stub_info: Callable[..., Awaitable[T]], request: Any) -> T:
@@ -159,38 +264,51 @@ class DescriberClient(_Client):
     async def info(self) -> describer_pb2.DescriberInfo:
         return await self._info(self.stub.Info, common_pb2.InfoRequest())
 
-    async def _described(self, method: str, invoke: Callable[[float], Awaitable[Any]]) -> Any:
-        response = await self._call(method, invoke)
+    async def _described(self, method: str, rpc: Callable[..., Any], request: Any) -> Any:
+        response = await self._unary(method, rpc, request)
         usage.count_reported(self.service, method, response.call.usage)
         return response
 
     async def understand(self, image_png: bytes) -> describer_pb2.UnderstandResponse:
         request = describer_pb2.UnderstandRequest(image_png=image_png)
-        return await self._described("Understand", lambda t: self.stub.Understand(request, timeout=t))
+        return await self._described("Understand", self.stub.Understand, request)
 
     async def write_prompt(
         self, iut: describer_pb2.ImageUnderstandingTree, token_budget: int
     ) -> describer_pb2.PromptResponse:
         request = describer_pb2.WritePromptRequest(iut=iut, token_budget=token_budget)
-        return await self._described("WritePrompt", lambda t: self.stub.WritePrompt(request, timeout=t))
+        return await self._described("WritePrompt", self.stub.WritePrompt, request)
 
     async def variants(self, prompt: str, n: int, token_budget: int, seed: int) -> describer_pb2.VariantsResponse:
         request = describer_pb2.VariantsRequest(prompt=prompt, n=n, token_budget=token_budget, seed=seed)
-        return await self._described("Variants", lambda t: self.stub.Variants(request, timeout=t))
+        return await self._described("Variants", self.stub.Variants, request)
 
     async def compare(self, reference_png: bytes, candidate_png: bytes, prompt: str) -> describer_pb2.CompareResponse:
         request = describer_pb2.CompareRequest(reference_png=reference_png, candidate_png=candidate_png, prompt=prompt)
-        return await self._described("Compare", lambda t: self.stub.Compare(request, timeout=t))
+        return await self._described("Compare", self.stub.Compare, request)
 
     async def revise(
         self, prompt: str, differences: list[describer_pb2.Difference], token_budget: int
     ) -> describer_pb2.PromptResponse:
         request = describer_pb2.ReviseRequest(prompt=prompt, differences=differences, token_budget=token_budget)
-        return await self._described("Revise", lambda t: self.stub.Revise(request, timeout=t))
+        return await self._described("Revise", self.stub.Revise, request)
 
     async def judge(self, reference_png: bytes, candidate_png: bytes) -> describer_pb2.JudgeResponse:
         request = describer_pb2.JudgeRequest(reference_png=reference_png, candidate_png=candidate_png)
-        return await self._described("Judge", lambda t: self.stub.Judge(request, timeout=t))
+        return await self._described("Judge", self.stub.Judge, request)
+
+
+class Outstanding:
+    """Images asked of the generator and not received yet; waiters learn when it drops."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = asyncio.Event()
+
+    def add(self, delta: int) -> None:
+        self.count += delta
+        if delta < 0:
+            self.changed.set()
 
 
 class GeneratorClient(_Client):
@@ -199,6 +317,7 @@ class GeneratorClient(_Client):
     def __init__(self, address: str, retry: RetryPolicy) -> None:
         super().__init__(address, retry)
         self.stub = generator_pb2_grpc.GeneratorStub(self.channel)
+        self.outstanding = Outstanding()
 
     async def info(self) -> generator_pb2.GeneratorInfo:
         return await self._info(self.stub.Info, common_pb2.InfoRequest())
@@ -219,8 +338,16 @@ class GeneratorClient(_Client):
             missing = [i for i in range(len(prompts)) if i not in received]
             request = generator_pb2.GenerateRequest(prompts=[prompts[i] for i in missing], **fields)
             arrived: list[int] = []
-            async for image in self.stub.Generate(request, timeout=timeout):
-                self._accept(image, missing, arrived, expected, received)
+            call = self.stub.Generate(request, timeout=timeout)
+            started = time.monotonic()
+            self.outstanding.add(len(missing))
+            try:
+                async for image in call:
+                    self._accept(image, missing, arrived, expected, received)
+                    self.outstanding.add(-1)
+            finally:
+                self.outstanding.add(len(arrived) - len(missing))
+                self.ledger.note(await replica_of(call), time.monotonic() - started, images=len(arrived))
             self._violation(lambda: check_indexes(arrived, len(missing), lambda i: expected[missing[i]].name))
             return [received[i] for i in range(len(prompts))]
 
@@ -266,7 +393,7 @@ class ScorerClient(_Client):
     async def score(self, reference_png: bytes, candidate_pngs: list[bytes]) -> list[dict[str, float]]:
         """Every metric for each candidate, in candidate order, keyed by metric id."""
         request = scorer_pb2.ScoreRequest(reference_png=reference_png, candidate_pngs=candidate_pngs)
-        response = await self._call("Score", lambda t: self.stub.Score(request, timeout=t))
+        response = await self._unary("Score", self.stub.Score, request)
         try:
             check_indexes([c.index for c in response.candidates], len(candidate_pngs), lambda i: f"image {i + 1}")
         except ValueError as exc:
@@ -292,8 +419,12 @@ class Clients:
     def all(self) -> tuple[_Client, ...]:
         return (self.describer, self.generator, self.scorer)
 
-    async def wait_until_serving(self, timeout_s: float) -> None:
-        await asyncio.gather(*(client.wait_until_serving(timeout_s) for client in self.all()))
+    async def wait_until_serving(self, timeout_s: float, on_wait: Callable[[str], None] | None = None) -> None:
+        await asyncio.gather(*(client.wait_until_serving(timeout_s, on_wait) for client in self.all()))
+
+    def replicas(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per service, what each replica did for this run's calls."""
+        return {client.service: client.ledger.record() for client in self.all()}
 
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self.all()), return_exceptions=True)
