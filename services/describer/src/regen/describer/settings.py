@@ -51,7 +51,6 @@ class DescriberSettings(ServiceSettings):
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: Path | None = None
     api_timeout_s: float = Field(120.0, gt=0)
-    api_max_retries: int = Field(4, ge=0)
 
     @classmethod
     def tiny_preset(cls, models: Path) -> dict[str, Any]:
