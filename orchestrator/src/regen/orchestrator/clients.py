@@ -299,16 +299,17 @@ class DescriberClient(_Client):
 
 
 class Outstanding:
-    """Images asked of the generator and not received yet; waiters learn when it drops."""
+    """Images asked of the generator and not received yet; listeners hear every change
+    (positive: images requested; negative: images received, or their call ended)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.changed = asyncio.Event()
+        self.listeners: list[Callable[[int], None]] = []
 
     def add(self, delta: int) -> None:
         self.count += delta
-        if delta < 0:
-            self.changed.set()
+        for listener in self.listeners:
+            listener(delta)
 
 
 class GeneratorClient(_Client):
