@@ -25,7 +25,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from regen.common import secrets
 from regen.common.errors import InvalidInput, NotReady, RegenError
+from regen.common.settings import TLSFiles
+from regen.common.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +78,14 @@ def status_code(exc: RegenError) -> grpc.StatusCode:
 
 def _abort_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, RegenError):
-        return status_code(exc), str(exc)
-    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+        return status_code(exc), secrets.scrub(str(exc))
+    return grpc.StatusCode.INTERNAL, secrets.scrub(f"{type(exc).__name__}: {exc}")
 
 
 def rich_status(exc: BaseException) -> grpc.Status:
     """The status for `exc`, with google.rpc details: a BadRequest naming the field for
-    INVALID_ARGUMENT, an ErrorInfo (domain regen.v1, reason the status name) otherwise."""
+    INVALID_ARGUMENT, an ErrorInfo (domain regen.v1, reason the status name) otherwise.
+    The message is scrubbed of every registered secret."""
     code, message = _abort_code(exc)
     detail: BadRequest | ErrorInfo
     field = exc.field if isinstance(exc, InvalidInput) else ""
@@ -168,6 +172,45 @@ class ReplicaInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Parses each unary request itself, so bytes that are not a valid request message
+    (corrupt wire format, invalid UTF-8 in a string) get INVALID_ARGUMENT naming the
+    message type, not gRPC's UNKNOWN; the servicer never sees them."""
+
+    async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        method = handler_call_details.method
+
+        async def parsed(raw: bytes, context: Any) -> Any:
+            try:
+                return parse(raw)
+            except Exception as exc:
+                problem = InvalidInput(f"request: not a valid request message for {method}: {exc}")
+                log.info("refused a malformed %s request (%d bytes): %s", method, len(raw), exc)
+                await context.abort_with_status(rich_status(problem))
+
+        if handler.unary_unary is not None:
+            inner_unary = handler.unary_unary
+
+            async def unary(raw: bytes, context: Any) -> Any:
+                return await inner_unary(await parsed(raw, context), context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, None, handler.response_serializer)
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            inner_stream = handler.unary_stream
+
+            async def stream(raw: bytes, context: Any) -> Any:
+                request = await parsed(raw, context)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(stream, None, handler.response_serializer)
+        return handler
+
+
 def server_options(max_message_bytes: int, max_connection_age_s: float) -> list[tuple[str, Any]]:
     """A regen server's gRPC options. Connections end after max_connection_age_s (in-flight
     calls get as long again to finish), so clients re-resolve a DNS name and spread over
@@ -189,12 +232,13 @@ class GrpcHost:
 
     @classmethod
     def for_settings(cls, settings: Any) -> GrpcHost:
-        """The server a service's settings describe (host, port, limits)."""
+        """The server a service's settings describe (host, port, limits, TLS)."""
         return cls(
             settings.host,
             settings.port,
             max_message_bytes=settings.max_message_bytes,
             max_connection_age_s=settings.max_connection_age_s,
+            tls=settings.tls,
         )
 
     def __init__(
@@ -204,12 +248,16 @@ class GrpcHost:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_connection_age_s: float = 300.0,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
+        # Read now: a missing certificate fails before the server binds.
+        self.credentials = server_credentials(tls) if tls is not None else None
         self.replicas = ReplicaInterceptor()
         self.server = grpc.aio.server(
-            options=server_options(max_message_bytes, max_connection_age_s), interceptors=[self.replicas]
+            options=server_options(max_message_bytes, max_connection_age_s),
+            interceptors=[MalformedRequestInterceptor(), self.replicas],
         )
         self.health = health.aio.HealthServicer()
         self.service_names: list[str] = []
@@ -226,7 +274,10 @@ class GrpcHost:
         )
         address = f"{self.host}:{self.requested_port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            if self.credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, self.credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot bind gRPC server to {address}: {exc}") from None
         if self.port == 0:
@@ -235,7 +286,8 @@ class GrpcHost:
         self.replicas.replica = f"{named}:{self.port}"
         await self.server.start()
         await self.set_serving(serving)
-        log.info("gRPC %s listening on %s:%d", ", ".join(self.service_names), self.host, self.port)
+        security = "plaintext" if self.credentials is None else "TLS"
+        log.info("gRPC %s listening on %s:%d (%s)", ", ".join(self.service_names), self.host, self.port, security)
         return self.port
 
     async def set_serving(self, serving: bool) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from regen.common.images import ImageLimits
@@ -54,11 +54,39 @@ class ImageLimitSettings(BaseModel):
         return ImageLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
 
 
+class TLSFiles(BaseModel):
+    """TLS by file paths (PEM). A server with `cert_file` and `key_file` serves TLS only;
+    with `ca_file` too it requires client certificates signed by that CA (mutual TLS). A
+    client verifies servers with `ca_file` (default: the system's roots) and presents
+    `cert_file` and `key_file` when a server asks for a client certificate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    # Clients only: on (default: off) even without any file, to reach a server with a
+    # publicly trusted certificate.
+    enabled: bool = False
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TLSFiles:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: give cert_file and key_file together")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.enabled or any(path is not None for path in (self.cert_file, self.key_file, self.ca_file))
+
+
 class SectionSettings(BaseSettings):
     """The settings of one part: one section of the config file, one env prefix."""
 
     section: ClassVar[str] = ""
-    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid")
+    # allow_inf_nan=False: no setting is NaN or infinite (a NaN weight or timeout would
+    # fail late, far from the option that set it).
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid", allow_inf_nan=False)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -83,8 +111,11 @@ class SectionSettings(BaseSettings):
 class ServiceSettings(SectionSettings):
     """What every model service has: where it listens, where it runs, its limits."""
 
+    # Only this machine can connect unless configured otherwise (0.0.0.0 in a container).
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
+    # TLS of the gRPC server: cert_file and key_file, plus ca_file for mutual TLS.
+    tls: TLSFiles = Field(default_factory=TLSFiles)
     # "auto": cuda when available, else cpu.
     device: str = "auto"
     # "auto": float16 on cuda, float32 on cpu.

@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from regen.common.grpc_server import REPLICA_METADATA_KEY, channel_options
+from regen.common.tls import client_channel
 from regen.orchestrator import usage
 from regen.orchestrator.replies import ContractViolation, ExpectedImage, check_generated_image, check_indexes
 from regen.orchestrator.settings import RetryPolicy
@@ -141,7 +142,7 @@ class _Client:
     def __init__(self, address: str, retry: RetryPolicy) -> None:
         self.address = address
         self.retry = retry
-        self.channel = grpc.aio.insecure_channel(channel_target(address), options=[*channel_options(), *CLIENT_OPTIONS])
+        self.channel = client_channel(channel_target(address), [*channel_options(), *CLIENT_OPTIONS])  # TLS if set
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.ledger = ReplicaLedger()
 

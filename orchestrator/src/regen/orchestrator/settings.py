@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import NoDecode
 
-from regen.common.settings import SectionSettings
+from regen.common.settings import SectionSettings, TLSFiles
 
 DEFAULT_SELECTION_WEIGHTS: dict[str, float] = {"clip": 0.5, "dinov2": 0.5}
 
@@ -31,7 +31,7 @@ DEFAULT_SELECTION_WEIGHTS: dict[str, float] = {"clip": 0.5, "dinov2": 0.5}
 class GenerationParams(BaseModel):
     """Passed to Generator.Generate; None leaves the model's default (see Generator.Info)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     width: int | None = Field(None, ge=1)
     height: int | None = Field(None, ge=1)
@@ -50,7 +50,7 @@ class RetryPolicy(BaseModel):
     deadline would only pay for it again; other statuses are answers about the request.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     outage_budget_s: float = Field(120.0, ge=0)
     initial_backoff_s: float = Field(0.5, ge=0)
@@ -100,6 +100,9 @@ class OrchestratorSettings(SectionSettings):
     startup_timeout_s: float = Field(600.0, gt=0)
     # How long to wait for a remote service whose health is NOT_SERVING (still loading).
     connect_timeout_s: float = Field(120.0, gt=0)
+    # TLS of the channels to the services: ca_file verifies them; cert_file and key_file
+    # are this client's certificate for servers that require mutual TLS.
+    tls: TLSFiles = Field(default_factory=TLSFiles)
 
     rounds: int = Field(3, ge=1, le=100)
     candidates: int = Field(3, ge=1, le=64)
