@@ -9,6 +9,15 @@ validation refuses, has one body, the shape of Google's JSON API errors:
                "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
                             "fieldViolations": [{"field": "n", "description": "..."}]}]}}
 
+Streams (`ndjson_stream`) are newline-delimited JSON (application/x-ndjson). An error
+before the first line is an ordinary error answer (429 with Retry-After when the queue is
+full); an error after it is one last line in the error shape, and then the chunked body
+ends abnormally (no terminating chunk), so a client such as curl sees the failure.
+
+Client errors (4xx) are logged at INFO without a traceback, BentoML's own included
+(`ClientErrorLogFilter`); server errors keep their messages. Every message sent is
+scrubbed of registered secrets (`regen.common.secrets`).
+
 Only the HTTP adapters import this module: nothing else in regen.common imports
 bentoml, so the other parts never need it.
 """
@@ -20,14 +29,16 @@ import binascii
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
+from regen.common import secrets
 from regen.common.errors import InvalidInput, RegenError
 from regen.common.grpc_server import CoreSlot, GrpcHost
 from regen.common.serving import ServiceDefinition
@@ -41,6 +52,10 @@ log = logging.getLogger(__name__)
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 # Seconds a client should wait before retrying a 429 or 503.
 RETRY_AFTER_S = 1
+NDJSON = "application/x-ndjson"
+# BentoML's HTTP servers bind this unless `bentoml serve --host` says otherwise; every
+# service passes it to @bentoml.service (a container passes --host 0.0.0.0).
+SERVICE_CONFIG: dict[str, Any] = {"http": {"host": "127.0.0.1"}}
 _STATUS_OF_HTTP = {
     400: "INVALID_ARGUMENT",
     404: "NOT_FOUND",
@@ -60,9 +75,10 @@ class StrictModel(BaseModel):
 
 
 def error_body(http_status: int, status: str, message: str, violations: list[dict[str, str]] | None = None) -> dict:
-    error: dict[str, Any] = {"code": http_status, "status": status, "message": message}
+    """The one error body; its texts scrubbed of registered secrets."""
+    error: dict[str, Any] = {"code": http_status, "status": status, "message": secrets.scrub(message)}
     if violations:
-        error["details"] = [{"@type": BAD_REQUEST_TYPE, "fieldViolations": violations}]
+        error["details"] = [{"@type": BAD_REQUEST_TYPE, "fieldViolations": secrets.scrub_data(violations)}]
     return {"error": error}
 
 
@@ -70,11 +86,84 @@ def error_response(exc: RegenError) -> JSONResponse:
     """A RegenError as the HTTP answer: its status, its message, and Retry-After where a
     retry may succeed. 4xx are the client's business and logged without a traceback."""
     headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.http_status in (429, 503) else None
+    log_error(exc)
+    return JSONResponse(error_body(exc.http_status, exc.status, str(exc)), exc.http_status, headers=headers)
+
+
+def log_error(exc: RegenError) -> None:
     if exc.http_status < 500:
         log.info("refused with %d: %s", exc.http_status, exc)
     else:
         log.warning("failed with %d: %s", exc.http_status, exc)
-    return JSONResponse(error_body(exc.http_status, exc.status, str(exc)), exc.http_status, headers=headers)
+
+
+class StreamAborted(Exception):
+    """Ends a stream after its error line: the server closes the connection without the
+    chunked body's last chunk, so the client sees an incomplete answer, not a success."""
+
+
+async def ndjson_stream(lines: AsyncIterator[str]) -> StreamingResponse | JSONResponse:
+    """A stream of JSON lines. The first line is awaited before the answer starts, so an
+    error before it (a refused request, a full queue) is an ordinary error answer; a later
+    RegenError becomes a last line in the error shape, and the body then ends abnormally."""
+    try:
+        first = await anext(lines)
+    except StopAsyncIteration:
+        first = ""
+    except RegenError as exc:
+        return error_response(exc)
+
+    async def body() -> AsyncIterator[str]:
+        yield first
+        try:
+            async for line in lines:
+                yield line
+        except RegenError as exc:
+            log_error(exc)
+            yield json.dumps(error_body(exc.http_status, exc.status, str(exc))) + "\n"
+            raise StreamAborted(f"stream ended by an error after its first line: {exc.status}") from None
+
+    return StreamingResponse(body(), media_type=NDJSON)
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs a refused request (input validation, a 4xx of its own) at ERROR with
+    a traceback; this turns such records into one INFO line, and the uvicorn record of a
+    deliberately aborted stream (StreamAborted) into one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        if isinstance(exc, StreamAborted):
+            level, message = logging.WARNING, str(exc)
+        elif _client_error_status(exc) is not None:
+            level, message = logging.INFO, f"refused with {_client_error_status(exc)}: {exc}"
+        else:
+            return True
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        record.msg, record.args = secrets.scrub(message.splitlines()[0] if message else ""), None
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _client_error_status(exc: BaseException) -> int | None:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return 400
+    code = getattr(getattr(exc, "error_code", None), "value", None)
+    if isinstance(exc, BentoMLException) and isinstance(code, int) and 400 <= code < 500:
+        return code
+    return None
+
+
+def install_log_filters() -> None:
+    """ClientErrorLogFilter on the loggers of BentoML's request handling and of uvicorn."""
+    for name in ("bentoml._internal.server.http_app", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ClientErrorLogFilter) for f in logger.filters):
+            logger.addFilter(ClientErrorLogFilter())
 
 
 async def answer(work: Awaitable[T]) -> T | JSONResponse:
@@ -142,8 +231,9 @@ class ErrorShapeMiddleware:
 
 
 def use_error_shape(service: Any) -> None:
-    """Register ErrorShapeMiddleware on a @bentoml.service class."""
+    """Register ErrorShapeMiddleware on a @bentoml.service class, and the log filters."""
     service.add_asgi_middleware(ErrorShapeMiddleware)
+    install_log_filters()
 
 
 async def _send_normalised(send: Callable, start: dict, body: bytes) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from regen.common import secrets
 from regen.common.errors import Overloaded, PermissionDenied, RegenError, Unauthenticated, UpstreamError
 
 # Answers worth retrying later besides 429 and 5xx: request timeout, conflict.
@@ -22,11 +23,12 @@ TRANSIENT_STATUSES = frozenset({408, 409})
 
 
 def api_message(exc: Any) -> str:
-    """The API's own words for an error (the `message` of its error body), else the text."""
+    """The API's own words for an error (the `message` of its error body), else the text;
+    scrubbed of every registered secret (an endpoint may echo the key it was sent)."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return getattr(exc, "message", None) or str(exc)
+        return secrets.scrub(body["message"])
+    return secrets.scrub(getattr(exc, "message", None) or str(exc))
 
 
 def api_error(
@@ -60,10 +62,12 @@ def api_error(
 def read_api_key(env_name: str, key_file: str | Path | None) -> tuple[str | None, str]:
     """(the key from the environment variable `env_name`, else from `key_file`, or None;
     where it came from, as an UNAUTHENTICATED message names it). The key itself is only
-    ever handed to the API client: never logged, reported or put into a message."""
+    ever handed to the API client: it is registered as a secret (`regen.common.secrets`), so
+    it is scrubbed from everything this process logs or answers."""
     variable = f"the environment variable {env_name} (setting api_key_env)"
     key = os.environ.get(env_name, "").strip()
     if key:
+        secrets.register(key)
         return key, variable
     if key_file:
         path = Path(key_file)
@@ -72,5 +76,6 @@ def read_api_key(env_name: str, key_file: str | Path | None) -> tuple[str | None
         except OSError as exc:
             raise ValueError(f"api_key_file: cannot read {path}: {exc.strerror or exc}") from None
         if key:
+            secrets.register(key)
             return key, f"the file {path} (setting api_key_file)"
     return None, f"{variable} or api_key_file"

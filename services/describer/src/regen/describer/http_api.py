@@ -1,7 +1,7 @@
 """The describer as a BentoML service: an HTTP API, plus the regen.v1.Describer gRPC server
 started in the same process over the same core (model, cache and batcher).
 
-    REGEN_PRESET=tiny REGEN_DESCRIBER_PORT=50051 bentoml serve regen.describer.http_api:Describer
+    REGEN_PRESET=tiny REGEN_DESCRIBER_PORT=50051 bentoml serve regen.describer.http_api:Describer --host 127.0.0.1
 
 Settings come from REGEN_DESCRIBER_* variables, REGEN_CONFIG and REGEN_PRESET. Each
 endpoint calls the same core method as its gRPC twin, with the same checks and limits.
@@ -235,7 +235,9 @@ async def _judge(core: DescriberCore, body: JudgeBody) -> JudgementBody:
     return JudgementBody(**asdict(result.answer), call=CallBody.of(result.call))
 
 
-@bentoml.service(name="regen-describer", resources={"gpu": 1}, workers=1, traffic={"timeout": 600})
+@bentoml.service(
+    name="regen-describer", resources={"gpu": 1}, workers=1, traffic={"timeout": 600}, **bento.SERVICE_CONFIG
+)
 class Describer(bento.GrpcAlongside[DescriberCore]):
     definition = DEFINITION
 

@@ -2,7 +2,8 @@
 started in the same process over the same loaded engine and the same batcher (so HTTP and
 gRPC requests are batched together).
 
-    REGEN_PRESET=tiny REGEN_GENERATOR_PORT=50052 bentoml serve regen.generator.http_api:Generator --port 3000
+    REGEN_PRESET=tiny REGEN_GENERATOR_PORT=50052 \
+        bentoml serve regen.generator.http_api:Generator --host 127.0.0.1 --port 3000
 
 Settings come from REGEN_GENERATOR_* variables, REGEN_CONFIG and REGEN_PRESET.
 """
@@ -10,8 +11,7 @@ Settings come from REGEN_GENERATOR_* variables, REGEN_CONFIG and REGEN_PRESET.
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
@@ -20,7 +20,6 @@ from pydantic import ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from regen.common import bento
-from regen.common.errors import RegenError
 from regen.generator.core import (
     MAX_SEED,
     GeneratedImage,
@@ -135,7 +134,9 @@ class GeneratorInfoBody(bento.StrictModel):
         )
 
 
-@bentoml.service(name="regen-generator", resources={"gpu": 1}, workers=1, traffic={"timeout": 600})
+@bentoml.service(
+    name="regen-generator", resources={"gpu": 1}, workers=1, traffic={"timeout": 600}, **bento.SERVICE_CONFIG
+)
 class Generator(bento.GrpcAlongside[GeneratorCore]):
     definition = DEFINITION
 
@@ -145,18 +146,13 @@ class Generator(bento.GrpcAlongside[GeneratorCore]):
         return await bento.answer(_generate(self.core, GenerateBody.model_validate(body)))
 
     @bentoml.api(input_spec=GenerateBody)
-    async def generate_stream(self, ctx: bentoml.Context, **body: Any) -> AsyncGenerator[str, None]:
-        """The same images as `generate`, one JSON object (ImageBody) per line as each is
-        ready; when a prompt failed, a last line holds the error (the one error shape)."""
-        request = GenerateBody.model_validate(body).request()
-        refusal = await bento.answer(_check(self.core, request))
-        if isinstance(refusal, JSONResponse):  # refused before streaming: an error answer
-            ctx.response.status_code = refusal.status_code
-            ctx.response.headers.update(refusal.headers)
-            yield bytes(refusal.body).decode()
-            return
-        async for line in stream_lines(self.core, request):
-            yield line
+    async def generate_stream(self, **body: Any) -> Any:  # a StreamingResponse, or a JSONResponse error
+        """The same images as `generate`, as newline-delimited JSON (application/x-ndjson):
+        one ImageBody per line as each is ready. A request refused before the first image
+        (invalid, queue full) gets an ordinary error answer; when a prompt fails after
+        that, a last line holds the error (the one error shape) and the body ends
+        abnormally, so the client sees the failure."""
+        return await bento.ndjson_stream(stream_lines(self.core, GenerateBody.model_validate(body).request()))
 
     @bentoml.api(input_spec=bento.NoBody, output_spec=GeneratorInfoBody)
     async def info(self) -> GeneratorInfoBody:
@@ -169,18 +165,10 @@ async def _generate(core: GeneratorCore, body: GenerateBody) -> ImagesBody:
     return ImagesBody(images=[ImageBody.of(image) for image in images])
 
 
-async def _check(core: GeneratorCore, request: GenerateRequest) -> None:
-    core.validate(request)
-
-
 async def stream_lines(core: GeneratorCore, request: GenerateRequest) -> AsyncIterator[str]:
-    """One JSON line per image as it is ready; after them, when a prompt failed, one line
-    with the first failure in the one error shape ({"error": {...}})."""
-    try:
-        async for image in core.generate(request):
-            yield ImageBody.of(image).model_dump_json() + "\n"
-    except RegenError as exc:
-        yield json.dumps(bento.error_body(exc.http_status, exc.status, str(exc))) + "\n"
+    """One JSON line per image as it is ready; the first failure is raised after them."""
+    async for image in core.generate(request):
+        yield ImageBody.of(image).model_dump_json() + "\n"
 
 
 bento.use_error_shape(Generator)

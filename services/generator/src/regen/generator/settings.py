@@ -54,6 +54,10 @@ class GeneratorSettings(ServiceSettings):
     api_concurrency: int = Field(4, ge=1)
     # Extra fields sent with every images.generate call, e.g. {"quality": "high"}.
     api_options: dict[str, Any] = Field(default_factory=dict)
+    # An answer's image URL is fetched only from the API's host or these hosts, and never
+    # from a private, loopback or link-local address unless api_fetch_private.
+    api_fetch_hosts: list[str] = Field(default_factory=list)
+    api_fetch_private: bool = False
 
     @classmethod
     def tiny_preset(cls, models: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The scorer as a BentoML service: an HTTP API, plus the regen.v1.Scorer gRPC server
 started in the same process over the same loaded metrics and the same batcher.
 
-    REGEN_PRESET=tiny REGEN_SCORER_PORT=50053 bentoml serve regen.scorer.http_api:Scorer --port 3000
+    REGEN_PRESET=tiny REGEN_SCORER_PORT=50053 bentoml serve regen.scorer.http_api:Scorer --host 127.0.0.1 --port 3000
 
 Settings come from REGEN_SCORER_* variables, REGEN_CONFIG and REGEN_PRESET. Images are
 base64-encoded image files (PNG, JPEG, ...).
@@ -70,7 +70,7 @@ class ScorerInfoBody(bento.StrictModel):
     server: bento.ServerStatsBody
 
 
-@bentoml.service(name="regen-scorer", resources={"gpu": 1}, workers=1, traffic={"timeout": 300})
+@bentoml.service(name="regen-scorer", resources={"gpu": 1}, workers=1, traffic={"timeout": 300}, **bento.SERVICE_CONFIG)
 class Scorer(bento.GrpcAlongside[ScorerCore]):
     definition = DEFINITION
 

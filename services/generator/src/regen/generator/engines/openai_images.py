@@ -11,8 +11,13 @@ spent), 408/409/5xx and connection errors UNAVAILABLE, a content-policy 400 a re
 candidate, any other 4xx INVALID_ARGUMENT naming the prompt: never UNAVAILABLE for a 4xx.
 
 The API key is read from the environment variable named by `api_key_env`, else from
-`api_key_file` (a mounted secret); it is handed to the client and never logged,
-reported or put into an error message.
+`api_key_file` (a mounted secret); it is handed to the client and registered as a
+secret, so it is scrubbed from every log line and error message.
+
+An answer that carries an image URL instead of base64 is fetched only over http(s), only
+from the API's own host or a host in `api_fetch_hosts`, never from a private address
+unless `api_fetch_private`, following no redirect elsewhere, and up to the image byte
+limit (`regen.common.outbound`).
 
 The Images API has no seed, steps or guidance: `seed` is echoed back but does not make
 the image reproducible (Info says `seeded: false`), and `steps` / `guidance_scale` are
@@ -24,13 +29,13 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from regen.common.errors import InvalidInput, RegenError, UpstreamError
 from regen.common.images import decode_image
+from regen.common.outbound import OutboundPolicy, OutboundRefused, fetch_limited
 from regen.common.remote_api import api_error, api_message, read_api_key
 from regen.generator.engines.base import EngineInfo, GenerationItem, GenerationResult, Interrupted, Usage
 from regen.generator.settings import GeneratorSettings
@@ -77,6 +82,10 @@ class OpenAIImagesEngine:
         self._client = client
         self._pool = ThreadPoolExecutor(settings.api_concurrency, thread_name_prefix="images-api")
         self._legacy_dalle = settings.model.startswith("dall-e")
+        # Image URLs in answers are fetched only from the API's host (or api_fetch_hosts).
+        self._fetch_policy = OutboundPolicy.for_api(
+            self.base_url, settings.api_fetch_hosts, allow_private=settings.api_fetch_private
+        )
         self._info = EngineInfo(
             model_id=settings.model,
             revision=settings.revision or "unpinned",
@@ -161,8 +170,17 @@ class OpenAIImagesEngine:
             except (binascii.Error, ValueError):
                 raise UpstreamError(f"{what}: invalid base64") from None
         elif image.url:
-            with urllib.request.urlopen(image.url, timeout=self.settings.api_timeout_s) as answer:
-                data = answer.read(self.settings.images.max_bytes + 1)
+            try:
+                data = fetch_limited(
+                    image.url,
+                    self._fetch_policy,
+                    max_bytes=self.settings.images.max_bytes,
+                    timeout_s=self.settings.api_timeout_s,
+                )
+            except OutboundRefused as exc:
+                raise UpstreamError(f"{what}: the image URL was not fetched: {exc}") from None
+            except OSError as exc:
+                raise UpstreamError(f"{what}: fetching the image URL failed: {exc}") from None
         else:
             raise UpstreamError(f"{what}: neither b64_json nor url in the answer")
         try:
