@@ -7,6 +7,15 @@ the manifest shipped with this package. A folder may carry a MANIFEST.json (the
 EvalRef-100 format: {"images": [{"file", "category", "sha256"}]}); without one, every
 image in it is a case and its category is the file-name prefix before "_".
 
+A dataset is untrusted input. The accepted images are the files with a suffix in
+IMAGE_SUFFIXES (PNG, JPEG, WebP, BMP, TIFF, GIF; animated images are refused per case by
+the decoder); other files are reported in a warning, never silently skipped. A manifest
+may name only files inside its folder. Each case's id, which names its folder in the
+run, is derived in one place (`case_ids`): letters, digits, "_" and "-" only, at most
+MAX_ID_CHARS, never a name the run folder itself uses (`results.RESERVED_NAMES`); two files
+that would get one id (plain.jpg and plain.tiff) keep their suffixes (plain_jpg,
+plain_tiff), and the log says so.
+
 Cases are ordered round-robin over the categories (each category in natural file-name
 order), so `--limit 8` on EvalRef-100 takes two cases of each of its four categories,
 and a smaller limit always takes a prefix of a larger one's cases.
@@ -14,8 +23,10 @@ and a smaller limit always takes a prefix of a larger one's cases.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,10 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from regen.common.images import encode_png, load_image_file, sha256_hex
+from regen.orchestrator.results import RESERVED_NAMES
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 MANIFEST_NAME = "MANIFEST.json"
 UNCATEGORIZED = "uncategorized"
+# Longest case id: a folder name, with room for a collision suffix.
+MAX_ID_CHARS = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 class DatasetError(ValueError):
@@ -62,7 +79,8 @@ class Dataset:
         selected: list[Case] = []
         for case in chosen:
             try:
-                digest = sha256_hex(case.path.read_bytes())
+                with case.path.open("rb") as fh:  # streamed: a huge file costs no memory
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
             except OSError as exc:
                 raise DatasetError(f"dataset {self.name}: cannot read {case.path}: {exc.strerror or exc}") from None
             if self.verified and case.sha256 != digest:
@@ -159,23 +177,41 @@ def _manifest_dataset(name: str, root: Path, manifest: dict[str, Any], *, where:
     entries = manifest.get("images")
     if not isinstance(entries, list) or not entries:
         raise DatasetError(f"{where}: the manifest lists no images")
-    cases: list[Case] = []
+    files: list[tuple[Path, str | None, str | None]] = []
     missing: list[str] = []
     for entry in entries:
         try:
             file, category, digest = entry["file"], entry.get("category"), entry.get("sha256")
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             raise DatasetError(f"{where}: manifest entry {entry!r} has no 'file'") from None
-        path = root / file
+        path = _inside(root, file, where)
         if not path.is_file():
-            missing.append(file)
+            missing.append(str(file))
             continue
-        cases.append(Case(Path(file).stem, path, category or category_from_name(Path(file).stem), digest))
+        files.append((path, _text_or_none(category), _text_or_none(digest)))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DatasetError(f"dataset {name} at {where}: {len(missing)} of {len(entries)} images are missing: {shown}")
-    _check_unique(cases, where)
+    ids = case_ids([path for path, _, _ in files], where)
+    cases = [
+        Case(case_id, path, category or category_from_name(path.stem), digest)
+        for case_id, (path, category, digest) in zip(ids, files, strict=True)
+    ]
     return Dataset(name, root, tuple(interleave_categories(cases)), verified=all(c.sha256 for c in cases))
+
+
+def _inside(root: Path, file: object, where: str) -> Path:
+    """`root / file`, or DatasetError when `file` is not a relative path inside `root`."""
+    if not isinstance(file, str) or not file.strip():
+        raise DatasetError(f"{where}: manifest entry file {file!r} is not a file name")
+    relative = Path(file)  # checked as written: links inside the folder are the dataset's own
+    if relative.is_absolute() or ".." in relative.parts:
+        raise DatasetError(f"{where}: manifest entry {file!r} points outside the dataset folder")
+    return root / relative
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def folder_dataset(path: Path, spec: str | None = None) -> Dataset:
@@ -192,28 +228,59 @@ def folder_dataset(path: Path, spec: str | None = None) -> Dataset:
             raise DatasetError(f"{manifest_path}: unreadable manifest: {exc}") from None
         if isinstance(manifest, dict) and "images" in manifest:
             return _manifest_dataset(str(manifest.get("name") or path.name), path, manifest, where=str(path))
-    images = sorted(
-        (
-            p
-            for p in path.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        ),
-        key=lambda p: natural_key(p.name),
-    )
+    entries = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+    # Hidden files are not read; only those that look like images are worth a mention.
+    others = [
+        p.name
+        for p in entries
+        if p not in images and p.name != MANIFEST_NAME and (not p.name.startswith(".") or p.suffix in IMAGE_SUFFIXES)
+    ]
+    if others:
+        shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+        log.warning(
+            "dataset %s: not read (hidden, or not an image file with an accepted suffix: %s): %s", path, suffixes, shown
+        )
     if not images:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DatasetError(f"dataset {path}: no images in this folder (looked for {suffixes})")
-    cases = [Case(p.stem, p, category_from_name(p.stem)) for p in images]
-    _check_unique(cases, str(path))
+    ids = case_ids(images, str(path))
+    cases = [Case(case_id, p, category_from_name(p.stem)) for case_id, p in zip(ids, images, strict=True)]
     return Dataset(path.name, path, tuple(interleave_categories(cases)))
 
 
-def _check_unique(cases: Iterable[Case], where: str) -> None:
-    seen: dict[str, Path] = {}
-    for case in cases:
-        if case.id in seen:
-            raise DatasetError(f"{where}: {seen[case.id].name} and {case.path.name} would both be case {case.id!r}")
-        seen[case.id] = case.path
+def safe_id(stem: str) -> str:
+    """A file stem as a case id: runs of anything but letters, digits, "_" and "-" become
+    one "_", never first or last (so never ".", "..", "-x" or a dotted name like run.json),
+    at most MAX_ID_CHARS, never empty and never a name the run folder uses itself."""
+    case_id = _UNSAFE.sub("_", stem).strip("_-")[:MAX_ID_CHARS] or "case"
+    if case_id.lower() in {name.lower() for name in RESERVED_NAMES}:
+        case_id = f"case_{case_id}"
+    return case_id
+
+
+def case_ids(paths: list[Path], where: str) -> list[str]:
+    """The case id of each file: `safe_id` of its stem. Files that would share an id (in
+    any letter case, as on a case-insensitive file system) keep their suffixes, and a
+    number after that if still needed; the log names each such file and its id."""
+    wanted = [safe_id(p.stem) for p in paths]
+    counts: dict[str, int] = {}
+    for case_id in wanted:
+        counts[case_id.lower()] = counts.get(case_id.lower(), 0) + 1
+    taken: set[str] = {case_id.lower() for case_id in wanted if counts[case_id.lower()] == 1}
+    ids: list[str] = []
+    for path, case_id in zip(paths, wanted, strict=True):
+        if counts[case_id.lower()] > 1:
+            base = safe_id(f"{case_id}_{path.suffix.lstrip('.')}")
+            case_id, n = base, 2
+            while case_id.lower() in taken:
+                case_id, n = f"{base}_{n}", n + 1
+            log.warning("%s: %s shares its name with another file; it is case %r", where, path.name, case_id)
+        elif case_id != path.stem:
+            log.info("%s: %s is case %r", where, path.name, case_id)
+        taken.add(case_id.lower())
+        ids.append(case_id)
+    return ids
 
 
 def category_from_name(stem: str) -> str:
