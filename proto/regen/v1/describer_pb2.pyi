@@ -20,14 +20,16 @@ OBJECT_TYPE_ANIMAL: ObjectType
 OBJECT_TYPE_OBJECT: ObjectType
 
 class DescriberInfo(_message.Message):
-    __slots__ = ("model", "server", "template_version")
+    __slots__ = ("model", "server", "template_version", "max_variants")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_VARIANTS_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelInfo
     server: _common_pb2.ServerInfo
     template_version: str
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., server: _Optional[_Union[_common_pb2.ServerInfo, _Mapping]] = ..., template_version: _Optional[str] = ...) -> None: ...
+    max_variants: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., server: _Optional[_Union[_common_pb2.ServerInfo, _Mapping]] = ..., template_version: _Optional[str] = ..., max_variants: _Optional[int] = ...) -> None: ...
 
 class GlobalFeatures(_message.Message):
     __slots__ = ("style", "lighting", "color_palette", "composition")

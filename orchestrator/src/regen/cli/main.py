@@ -308,6 +308,7 @@ def run(
     from regen.common.settings import load_settings
     from regen.orchestrator.clients import RunStopped
     from regen.orchestrator.launcher import LaunchError
+    from regen.orchestrator.preflight import check_run
     from regen.orchestrator.progress import make_reporter
     from regen.orchestrator.runner import run as run_benchmark
 
@@ -315,6 +316,7 @@ def run(
     config_file = str(config) if config else os.environ.get("REGEN_CONFIG") or None
     try:
         settings = load_settings(OrchestratorSettings, config_file=config, **_nested(flags))
+        check_run(settings)  # before any service starts: --out, TLS files (PreflightError names the option)
     except ValidationError as exc:
         _fail(_settings_error(exc, flags, config_file))
     except ValueError as exc:  # the config file: unreadable, or an unknown section or key (named)

@@ -35,6 +35,7 @@ from regen.orchestrator.identity import (
 )
 from regen.orchestrator.launcher import SERVICES, LocalServices
 from regen.orchestrator.loop import CaseFailed, CaseRunner, LoopSettings
+from regen.orchestrator.preflight import check_services
 from regen.orchestrator.progress import Reporter, SilentReporter
 from regen.orchestrator.results import RunLayout, atomic_write_json
 from regen.orchestrator.settings import OrchestratorSettings
@@ -170,6 +171,7 @@ async def _run_connected(
     describer_info, generator_info, scorer_info = await asyncio.gather(
         clients.describer.info(), clients.generator.info(), clients.scorer.info()
     )
+    check_services(settings, describer_info, generator_info, scorer_info)  # before the run folder exists
     loop_settings = _loop_settings(settings, generator_info, scorer_info)
     identity = run_identity(settings, dataset, cases, describe_models(describer_info, generator_info, scorer_info))
     config_hash = stable_hash(identity)

@@ -30,6 +30,7 @@ def describer_info(core: DescriberCore) -> describer_pb2.DescriberInfo:
         ),
         server=server_info(core.backend.stats(), *LIBRARIES),
         template_version=core.template_version,
+        max_variants=core.options.max_variants,
     )
 
 

@@ -103,11 +103,13 @@ class DescriberInfoBody(bento.StrictModel):
                 "dtype": "float16",
             },
             "template_version": "1+85fd7c7b",
+            "max_variants": 8,
             "server": {"busy_s": 12.5, "batches": 10, "items": 14},
         }
     )
     model: bento.ModelBody
     template_version: str = Field(description="The prompt templates' version; part of every cache key.")
+    max_variants: int = Field(description="Most prompts one variants call may ask for (n).")
     server: bento.ServerStatsBody
 
 
@@ -248,6 +250,7 @@ class Describer(bento.GrpcAlongside[DescriberCore]):
         return DescriberInfoBody(
             model=bento.ModelBody.of(info.model),
             template_version=info.template_version,
+            max_variants=info.max_variants,
             server=bento.ServerStatsBody.of(info.server),
         )
 
