@@ -1,5 +1,5 @@
 """What the three BentoML HTTP adapters share: their base class (`GrpcAlongside`, which
-loads the core and runs the service's gRPC server in the same process), strict request
+loads the core in the background and runs the service's gRPC server in the same process), strict request
 and response models, one error body for every failure, and base64 fields.
 
 Every error, whether a RegenError from the core or a request that BentoML's own input
@@ -24,14 +24,21 @@ bentoml, so the other parts never need it.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import base64
 import binascii
 import inspect
 import json
 import logging
+import os
+import signal
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Generic, NoReturn, TypeVar
 
 import bentoml
 from bentoml.exceptions import BentoMLException
@@ -39,9 +46,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, StreamingResponse
 
 from regen.common import secrets
-from regen.common.errors import InvalidInput, RegenError
+from regen.common.errors import InvalidInput, NotReady, RegenError
 from regen.common.grpc_server import CoreSlot, GrpcHost
-from regen.common.serving import ServiceDefinition
+from regen.common.serving import ModelLoadError, ServiceDefinition, load_core, report_fatal
 from regen.common.settings import load_settings
 
 C = TypeVar("C")
@@ -305,30 +312,106 @@ Int32 = Annotated[int, Field(ge=-(1 << 31), le=(1 << 31) - 1)]
 Int64 = Annotated[int, Field(ge=-(1 << 63), le=(1 << 63) - 1)]
 
 
+# Seconds calls in flight get to finish when the server stops (SIGTERM); a pod's
+# terminationGracePeriodSeconds leaves room for it after its preStop pause.
+SHUTDOWN_GRACE_S = 25.0
+
+
+def _failure_marker(arbiter_pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"regen-load-failed-{arbiter_pid}"
+
+
+def _exit_1_if_a_worker_failed() -> None:
+    """In `bentoml serve`'s own process (the arbiter): when a worker could not load its
+    model, end with status 1 and the worker's message rather than 0."""
+    marker = _failure_marker(os.getpid())
+    if marker.exists():
+        message = marker.read_text()
+        marker.unlink(missing_ok=True)
+        sys.stderr.write(f"bentoml serve: stopped: {message}\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+# `bentoml serve` imports the service module in the arbiter as well as in each worker.
+atexit.register(_exit_1_if_a_worker_failed)
+
+
+def _stop_server(message: str) -> NoReturn:
+    """A worker whose model cannot load ends the whole server with status 1 (else BentoML
+    would start the worker again and again): the message goes to the log and Kubernetes'
+    termination log, the arbiter (this worker's parent) is told why and asked to stop."""
+    report_fatal(message)
+    arbiter = os.getppid()
+    if "_bentoml_impl" in (sys.argv[0] if sys.argv else "") and arbiter > 1:
+        try:
+            _failure_marker(arbiter).write_text(message)
+            os.kill(arbiter, signal.SIGTERM)
+        except OSError:
+            log.exception("cannot stop the BentoML arbiter (pid %d)", arbiter)
+    os._exit(1)
+
+
 class GrpcAlongside(Generic[C]):
-    """Base of every BentoML service class here: loads the service's core once in the
-    constructor and runs the service's gRPC server in the same process over that core
-    (its on_startup/on_shutdown hooks), so HTTP and gRPC requests share one model and
-    one batch queue. Subclasses set `definition` and add their @bentoml.api methods."""
+    """Base of every BentoML service class here: runs the service's gRPC server in the same
+    process over the service's core, so HTTP and gRPC requests share one model and one
+    batch queue. Subclasses set `definition` and add their @bentoml.api methods.
+
+    The model loads in the background, after both servers are up: meanwhile /readyz answers
+    503, gRPC health NOT_SERVING, the APIs UNAVAILABLE, and /livez 200. A model that cannot
+    load stops the server with status 1 and a message naming the path or id."""
 
     definition: ClassVar[ServiceDefinition[Any, Any]]
 
     def __init__(self) -> None:
         self.settings = load_settings(self.definition.settings_class)
-        self.core: C = self.definition.build_core(self.settings)
+        self.slot: CoreSlot[C] = CoreSlot()
         self.grpc: GrpcHost | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    @property
+    def core(self) -> C:
+        """The loaded core; while the model loads, 503 UNAVAILABLE for the request."""
+        try:
+            return self.slot.get()
+        except NotReady as exc:
+            raise bentoml.exceptions.ServiceUnavailable(str(exc)) from None
+
+    async def __is_ready__(self) -> bool:
+        try:
+            self.slot.get()
+        except NotReady:
+            return False
+        return True
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
         # grpc.aio objects bind to the running loop, so they are created here, not in __init__.
         host = GrpcHost.for_settings(self.settings)
-        await host.start(self.definition.registrations(CoreSlot(self.core)))
+        await host.start(self.definition.registrations(self.slot), serving=False)
         self.grpc = host
+        self._loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            core = await asyncio.to_thread(load_core, self.definition.build_core, self.settings)
+        except ModelLoadError as exc:
+            _stop_server(str(exc))
+        self.slot.set(core)
+        if self.grpc is not None:
+            await self.grpc.set_serving(True)
+        log.info("model loaded; serving")
 
     @bentoml.on_shutdown
     async def stop_grpc(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
         if self.grpc is not None:
-            await self.grpc.stop()
-        closed = self.definition.close_core(self.core)
+            await self.grpc.stop(SHUTDOWN_GRACE_S)
+        try:
+            core = self.slot.get()
+        except NotReady:
+            return
+        closed = self.definition.close_core(core)
         if inspect.isawaitable(closed):
             await closed

@@ -208,12 +208,32 @@ def load_settings(
 
 
 def resolve_device(device: str) -> str:
-    """`auto` -> cuda if torch sees a GPU, else cpu. Imports torch only when asked."""
-    if device != "auto":
+    """`auto` -> cuda if torch sees a GPU, else cpu. `cuda` or `cuda:N` is checked here and
+    raises RuntimeError with CUDA's own reason when it is not usable: a GPU deployment names
+    cuda so that a broken driver stops the service instead of benchmarking on the CPU.
+    Imports torch only when asked."""
+    if device != "auto" and not device.startswith("cuda"):
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.cuda.init()  # raises with the driver's reason (none found, too old, ...)
+        count = torch.cuda.device_count()
+    except Exception as exc:
+        count, reason = 0, f"{type(exc).__name__}: {exc}"
+    else:
+        reason = "no GPU is visible (CUDA_VISIBLE_DEVICES, the container's GPU request?)"
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise RuntimeError(
+            f"device {device!r}: CUDA is not usable here, and the setting names cuda, so the "
+            f"service stops instead of running on the CPU: {reason if count == 0 else f'only {count} GPUs'}. "
+            f"torch {torch.__version__} is built for CUDA {torch.version.cuda}: the NVIDIA driver must "
+            "support that CUDA version (docs/deployment.md)"
+        )
+    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
