@@ -124,7 +124,7 @@ def test_full_layout_and_consistent_benchmark(full_run: Path):
         assert 1 <= final["metrics"]["judge_content"] <= 5 and 1 <= final["metrics"]["judge_quality"] <= 5
         finals[case] = final
 
-    assert bench["cases"] == {"total": 4, "done": 4, "failed": 0, "pending": 0}
+    assert bench["cases"] == {"total": 4, "done": 4, "refused": 0, "failed": 0, "pending": 0}
     for metric in METRICS:
         stat = bench["metrics"][metric]
         values = [f["metrics"][metric] for f in finals.values()]

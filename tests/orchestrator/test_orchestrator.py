@@ -404,6 +404,7 @@ def _final(case: str, category: str, selection: float, curve: list[float], judge
             "judge_mean": sum(judge) / 2,
         },
         "best_selection_by_round": curve,
+        "candidates": {"total": 4, "refused": 1, "truncated": 1},
         "timings": {"stages_s": {"generate": 1.0, "score": 0.5}, "total_s": 2.0},
     }
 
@@ -428,7 +429,9 @@ def test_aggregate_over_case_folders(tmp_path):
         "models": {"scorer": {"metric_ids": {"clip": "clip/x"}}},
     }
     result = agg.aggregate(layout, cases, run=run, timings={"wall_s": 9.0})
-    assert result["cases"] == {"total": 4, "done": 3, "failed": 1, "pending": 0}
+    assert result["cases"] == {"total": 4, "done": 3, "refused": 0, "failed": 1, "pending": 0}
+    assert not result["complete"] and result["coverage"] == 1.0
+    assert result["candidates"] == {"total": 12, "refused": 3, "truncated": 3, "refusal_rate": 0.25}
     assert result["failed"] == [{"case": "b_2", "category": "b", "stage": "score", "error": "boom"}]
     assert list(result["metrics"]) == list(agg.METRIC_ORDER)
     assert result["metrics"]["selection"]["mean"] == pytest.approx(0.5)

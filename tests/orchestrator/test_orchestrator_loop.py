@@ -51,6 +51,7 @@ class Faults:
     def __init__(self) -> None:
         self.generate_unavailable = 0  # fail this many Generate calls with UNAVAILABLE
         self.score_invalid_for: set[bytes] = set()  # reference PNGs the scorer rejects
+        self.refuse_containing: set[str] = set()  # the generator refuses prompts containing any of these
         self.calls: Counter[str] = Counter()
         self.generate_sizes: list[int] = []
         # Per Generate call: the request's image parameters and the call's deadline (s).
@@ -164,6 +165,16 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServicer):
             # Answer out of order, as the contract allows.
             for index in reversed(range(len(request.prompts))):
                 spec = request.prompts[index]
+                if any(text in spec.text for text in faults.refuse_containing):
+                    yield generator_pb2.GeneratedImage(
+                        index=index,
+                        refused=True,
+                        refusal_reason="content policy",
+                        seed=spec.seed,
+                        model_id="/models/fake-sd",
+                        revision="sha256:abc",
+                    )
+                    continue
                 d = _digest(spec.text, spec.seed)
                 img = Image.new("RGB", (width, height), (d[0], d[1], d[2]))
                 img.putpixel((0, 0), (spec.text.count(", refined"), 0, 0))
@@ -352,7 +363,9 @@ def test_full_run_layout_and_consistent_numbers(fakes, dataset, tmp_path):
         curve = final["best_selection_by_round"]
         assert curve == sorted(curve) and curve[-1] == top[0]
 
-    assert bench["cases"] == {"total": 5, "done": 5, "failed": 0, "pending": 0}
+    assert bench["cases"] == {"total": 5, "done": 5, "refused": 0, "failed": 0, "pending": 0}
+    assert bench["complete"] and bench["coverage"] == 1.0
+    assert bench["candidates"] == {"total": 45, "refused": 0, "truncated": 0, "refusal_rate": 0.0}
     for metric in ("clip", "dinov2", "ssim", "selection", "judge_content", "judge_quality", "judge_mean"):
         values = [f["metrics"][metric] for f in finals.values()]
         stat = bench["metrics"][metric]
@@ -411,6 +424,59 @@ def test_failed_case_is_recorded_then_redone_on_resume(fakes, dataset, tmp_path)
     assert not (second.run_dir / "dog_1" / "error.json").exists()
     clean = run(_config(fakes, dataset, tmp_path / "clean", rounds=2, candidates=2))
     assert _numbers(second.benchmark) == _numbers(clean.benchmark)
+
+
+def test_a_case_refused_throughout_is_finished_and_counted_with_penalties(fakes, dataset, tmp_path):
+    """Every prompt of dog_1 carries its scene tag; refusing that tag refuses the case.
+    It is a finished case (kept on resume) that counts at the penalty values."""
+    config = _config(fakes, dataset, tmp_path / "out", rounds=2, candidates=2)
+    tags = {}
+    for case in ("dog_1", "cat_1"):
+        reference = (dataset / f"{case}.png").read_bytes()
+        from regen.common.images import decode_image, encode_png
+
+        tags[case] = "scene " + _digest(encode_png(decode_image(reference))).hex()[:6]
+    fakes.faults.refuse_containing.add(tags["dog_1"])
+    first = run(config)
+    assert (first.done, first.refused, first.failed) == (4, 1, 0) and first.complete
+    final = read_json(first.run_dir / "dog_1" / "final" / "final_metrics.json")
+    assert final["status"] == "refused" and final["metrics"] == {} and final["best"] is None
+    assert final["candidates"] == {"total": 4, "refused": 4, "truncated": 0}
+    assert final["refusal_reasons"] == ["content policy"]
+    assert not (first.run_dir / "dog_1" / "final" / "best_image.png").exists()
+    bench = first.benchmark
+    assert bench["cases"] == {"total": 5, "done": 4, "refused": 1, "failed": 0, "pending": 0}
+    assert bench["coverage"] == pytest.approx(0.8)
+    assert bench["candidates"]["refused"] == 4 and bench["candidates"]["refusal_rate"] == pytest.approx(4 / 20)
+    assert bench["refused"] == [{"case": "dog_1", "category": "dog", "candidates": 4, "reasons": ["content policy"]}]
+    answered = ("cat_1", "cat_2", "dog_2", "bird_1")
+    done = [read_json(first.run_dir / c / "final" / "final_metrics.json") for c in answered]
+    for metric, penalty in (("selection", 0.0), ("clip", 0.0), ("judge_content", 1.0), ("judge_mean", 1.0)):
+        values = [f["metrics"][metric] for f in done]
+        assert bench["metrics"][metric]["n"] == 5
+        assert bench["metrics"][metric]["mean"] == pytest.approx((sum(values) + penalty) / 5)
+        assert bench["answered"]["metrics"][metric]["n"] == 4
+        assert bench["answered"]["metrics"][metric]["mean"] == pytest.approx(sum(values) / 4)
+    assert bench["categories"]["dog"]["refused"] == 1 and bench["categories"]["dog"]["coverage"] == 0.5
+    # The curve counts the refused case at the selection penalty in every round.
+    for r, point in enumerate(bench["rounds"]):
+        assert point["n"] == 5
+        assert point["mean_best_selection"] == pytest.approx(sum(f["best_selection_by_round"][r] for f in done) / 5)
+    assert (first.run_dir / "report.html").is_file()
+
+    # A refusal is the model's answer: resuming keeps it (nothing runs again).
+    fakes.faults.refuse_containing.clear()
+    understood = fakes.faults.calls["Understand"]
+    again = run(config)
+    assert (again.refused, again.skipped) == (1, 5) and fakes.faults.calls["Understand"] == understood
+
+    # Some refused candidates in a case that still gets an image: done, with the rate counted.
+    fakes.faults.refuse_containing.add(tags["cat_1"] + ", take 0")
+    partial = run(_config(fakes, dataset, tmp_path / "partial", rounds=2, candidates=2))
+    assert (partial.done, partial.refused) == (5, 0)
+    counts = read_json(partial.run_dir / "cat_1" / "final" / "final_metrics.json")["candidates"]
+    assert counts["refused"] >= 1 and counts["total"] == 4
+    assert partial.benchmark["candidates"]["refused"] == counts["refused"]
 
 
 def test_interrupted_case_is_redone_from_scratch(fakes, dataset, tmp_path):

@@ -36,7 +36,12 @@ FAULTS = (
     "flaky",  # every first call: all images but the last, then UNAVAILABLE
     "busy",  # the first two calls: RESOURCE_EXHAUSTED
     "unauthenticated",  # every call: UNAUTHENTICATED, as a vendor engine whose key is refused
+    # Not a violation: refuses (in the contract's form) every prompt that contains
+    # REFUSED_WORD, and every image whose seed is in `refuse_seeds`.
+    "refuses",
 )
+REFUSED_WORD = "forbidden"
+TOKEN_BUDGET = 77
 
 
 def _png(text: str, seed: int, size: tuple[int, int], fmt: str = "PNG") -> bytes:
@@ -49,8 +54,9 @@ def _png(text: str, seed: int, size: tuple[int, int], fmt: str = "PNG") -> bytes
 
 
 class BrokenGenerator(generator_pb2_grpc.GeneratorServicer):
-    def __init__(self, fault: str) -> None:
+    def __init__(self, fault: str, refuse_seeds: frozenset[int] = frozenset()) -> None:
         self.fault = fault
+        self.refuse_seeds = refuse_seeds
         # The prompt texts of every Generate request received, in order.
         self.requests: list[list[str]] = []
 
@@ -61,6 +67,7 @@ class BrokenGenerator(generator_pb2_grpc.GeneratorServicer):
             default_width=DEFAULT_SIZE,
             default_height=DEFAULT_SIZE,
             max_batch=MAX_BATCH,
+            prompt_token_budget=TOKEN_BUDGET,
             size_multiple=8,
             capabilities=generator_pb2.GeneratorCapabilities(seeded=True, max_side=256),
         )
@@ -91,6 +98,15 @@ class BrokenGenerator(generator_pb2_grpc.GeneratorServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the vendor API answered 500 for one prompt")
 
     def _image(self, index: int, spec, width: int, height: int) -> generator_pb2.GeneratedImage:
+        if self.fault == "refuses" and (REFUSED_WORD in spec.text.lower() or spec.seed in self.refuse_seeds):
+            return generator_pb2.GeneratedImage(
+                index=index,
+                refused=True,
+                refusal_reason="content policy (test generator)",
+                seed=spec.seed,
+                model_id=MODEL_ID,
+                revision=REVISION,
+            )
         size = (width // 2, height // 2) if self.fault == "smaller" else (width, height)
         png = _png(spec.text, spec.seed, size, "JPEG" if self.fault == "jpeg" else "PNG")
         claimed = (width + 8, height) if self.fault == "claims_other_size" else size
@@ -146,10 +162,10 @@ def serve(fault: str) -> Iterator[str]:
 
 
 @contextmanager
-def serving(fault: str) -> Iterator[tuple[str, BrokenGenerator]]:
+def serving(fault: str, refuse_seeds: frozenset[int] = frozenset()) -> Iterator[tuple[str, BrokenGenerator]]:
     """Like `serve`, also yielding the servicer (to read the requests it received)."""
     assert fault in FAULTS, fault
-    servicer = BrokenGenerator(fault)
+    servicer = BrokenGenerator(fault, refuse_seeds)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

@@ -339,13 +339,56 @@ def run(
         raise typer.Exit(130) from None
     except (ValueError, RuntimeError, OSError) as exc:  # dataset, connection and run-folder errors name the problem
         _fail(str(exc))
+    _print_run_end(summary)
+    if not summary.complete:
+        raise typer.Exit(1)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _print_run_end(summary: Any) -> None:
+    """The cases, the headline table, the paths; how to resume an incomplete run."""
+    from regen.orchestrator.report.terminal import run_summary
+
+    refused = f", {summary.refused} refused" if summary.refused else ""
     failed = f", {summary.failed} failed" if summary.failed else ""
     resumed = f" ({summary.skipped} from an earlier invocation)" if summary.skipped else ""
-    typer.echo(f"{summary.done} of {summary.total} cases done{resumed}{failed}")
+    typer.echo(f"{summary.done} of {summary.total} cases done{resumed}{refused}{failed}")
+    _console().print(run_summary(summary.benchmark, summary.report))
+    if summary.report_error:
+        typer.secho(f"warning: report.html was not written: {summary.report_error}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"results: {summary.run_dir}")
     typer.echo(f"summary: {summary.run_dir / 'benchmark_final.json'}")
-    if summary.failed:
-        raise typer.Exit(1)
+    if not summary.complete:
+        cases = summary.benchmark["cases"]
+        typer.secho(
+            f"incomplete: {cases['failed']} failed and {cases['pending']} unfinished cases are left out of the "
+            "numbers (see 'failed' in benchmark_final.json); run the same command again to resume: finished "
+            "cases are kept, the others are run again",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+
+
+@app.command("report")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (<out>/<run-name>, with run.json).")],
+) -> None:
+    """Write RUN_DIR/report.html (self-contained, offline) and print the run's summary."""
+    from regen.orchestrator.report import write_report
+    from regen.orchestrator.report.model import ReportError, read_run
+    from regen.orchestrator.report.terminal import run_summary
+
+    try:
+        path = write_report(run_dir)
+        _run, benchmark = read_run(run_dir)
+    except (ReportError, OSError) as exc:
+        _fail(str(exc))
+    _console().print(run_summary(benchmark, path))
 
 
 CHECK_SERVICES = ("describer", "generator", "scorer")

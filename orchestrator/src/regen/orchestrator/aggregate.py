@@ -4,6 +4,11 @@ Everything is computed from the files on disk, in dataset order, with seeded boo
 resampling, so a resumed run and an uninterrupted one give identical numbers. Wall-clock
 measurements live only under "timings".
 
+Headline numbers count every finished case: done cases with their scores, refused ones
+with the penalty values of `regen.orchestrator.outcomes`; "answered" holds the same
+numbers over the done cases only. Failed and pending cases are in neither, and make
+the run incomplete.
+
 Per metric: n, mean, std (sample, n-1; null for n < 2), and a percentile bootstrap
 confidence interval of the mean (`bootstrap_resamples` resamples of the cases with
 replacement; seed derived from the run seed, the metric and the category).
@@ -12,16 +17,18 @@ replacement; seed derived from the run seed, the metric and the category).
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
+from regen.orchestrator import outcomes
 from regen.orchestrator.dataset import Case
-from regen.orchestrator.results import RunLayout, read_json
+from regen.orchestrator.outcomes import CaseOutcome, read_outcomes
+from regen.orchestrator.results import RunLayout
 from regen.orchestrator.seeds import bootstrap_seed
+from regen.orchestrator.stats import bootstrap_ci, summarize
 from regen.orchestrator.usage import summarize as summarize_usage
+
+__all__ = ["FORMAT", "METRIC_ORDER", "aggregate", "bootstrap_ci", "summarize"]
 
 # Reported first, in this order; any further scorer metric follows by name.
 METRIC_ORDER: tuple[str, ...] = (
@@ -33,47 +40,41 @@ METRIC_ORDER: tuple[str, ...] = (
     "judge_quality",
     "judge_mean",
 )
-FORMAT = "regen.benchmark_final/1"
-_CHUNK = 1000
+FORMAT = "regen.benchmark_final/2"
+
+Value = Callable[[CaseOutcome, str], "float | None"]
 
 
-def bootstrap_ci(values: Sequence[float], *, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile interval of the mean over `resamples` resamples with replacement."""
-    data = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples, dtype=np.float64)
-    for start in range(0, resamples, _CHUNK):
-        stop = min(resamples, start + _CHUNK)
-        means[start:stop] = data[rng.integers(0, len(data), size=(stop - start, len(data)))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
-def summarize(values: Sequence[float], *, resamples: int, confidence: float, seed: int) -> dict[str, Any]:
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None}
-    low, high = bootstrap_ci(values, resamples=resamples, confidence=confidence, seed=seed)
-    return {
-        "n": n,
-        # fsum is exactly rounded, hence independent of summation order.
-        "mean": math.fsum(values) / n,
-        "std": statistics.stdev(values) if n > 1 else None,
-        "ci_low": low,
-        "ci_high": high,
-    }
-
-
-def _metric_names(finals: Sequence[dict[str, Any]]) -> list[str]:
-    present = {name for final in finals for name in final["metrics"]}
+def metric_names(run: dict[str, Any], found: Sequence[CaseOutcome]) -> list[str]:
+    """The run's metrics: the scorer's (run.json), the selection score and the judge's,
+    and any other metric a case recorded."""
+    present = set(run["models"]["scorer"]["metric_ids"]) | {"selection", *outcomes.JUDGE_METRICS}
+    present |= {name for o in found if o.status == outcomes.DONE for name in o.record["metrics"]}  # type: ignore[index]
     return [m for m in METRIC_ORDER if m in present] + sorted(present - set(METRIC_ORDER))
 
 
-def _round_curve(finals: Sequence[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+def _headline(outcome: CaseOutcome, metric: str) -> float | None:
+    return outcome.headline(metric)
+
+
+def _answered(outcome: CaseOutcome, metric: str) -> float | None:
+    return outcome.answered(metric)
+
+
+def _round_curve(found: Sequence[CaseOutcome], rounds: int, *, headline: bool) -> list[dict[str, Any]]:
+    """Mean best-so-far selection after each round. Headline: over the finished cases, a
+    round with nothing rendered yet counting as the selection penalty; answered: over
+    the done cases that had a scored candidate by then."""
     curve = []
     for r in range(rounds):
-        values = [f["best_selection_by_round"][r] for f in finals if f["best_selection_by_round"][r] is not None]
+        values: list[float] = []
+        for o in found:
+            if o.status == outcomes.DONE or (headline and o.status == outcomes.REFUSED):
+                value = o.record["best_selection_by_round"][r]  # type: ignore[index]
+                if value is None and headline:
+                    value = outcomes.penalty("selection")
+                if value is not None:
+                    values.append(value)
         curve.append(
             {
                 "round": r + 1,
@@ -84,20 +85,65 @@ def _round_curve(finals: Sequence[dict[str, Any]], rounds: int) -> list[dict[str
     return curve
 
 
-def _group(
-    finals: Sequence[dict[str, Any]], *, rounds: int, run_seed: int, resamples: int, confidence: float, label: str
+def _metrics(
+    found: Sequence[CaseOutcome], names: Sequence[str], value: Value, *, seed_parts: tuple[str, ...], config: dict
 ) -> dict[str, Any]:
+    summaries = {}
+    for name in names:
+        values = [v for o in found if (v := value(o, name)) is not None]
+        summaries[name] = summarize(
+            values,
+            resamples=config["bootstrap_resamples"],
+            confidence=config["confidence"],
+            seed=bootstrap_seed(config["seed"], *seed_parts, name),
+        )
+    return summaries
+
+
+def _counts(found: Sequence[CaseOutcome]) -> dict[str, int]:
+    return {status: sum(1 for o in found if o.status == status) for status in outcomes.STATUSES}
+
+
+def _coverage(counts: dict[str, int]) -> float | None:
+    finished = counts[outcomes.DONE] + counts[outcomes.REFUSED]
+    return counts[outcomes.DONE] / finished if finished else None
+
+
+def _group(found: Sequence[CaseOutcome], names: Sequence[str], config: dict, label: str) -> dict[str, Any]:
+    """Headline and answered-only numbers of one group of cases (all, or a category)."""
+    rounds = config["rounds"]
     return {
-        "metrics": {
-            name: summarize(
-                [f["metrics"][name] for f in finals if f["metrics"].get(name) is not None],
-                resamples=resamples,
-                confidence=confidence,
-                seed=bootstrap_seed(run_seed, label, name),
-            )
-            for name in _metric_names(finals)
+        "metrics": _metrics(found, names, _headline, seed_parts=(label,), config=config),
+        "rounds": _round_curve(found, rounds, headline=True),
+        "answered": {
+            "metrics": _metrics(found, names, _answered, seed_parts=("answered", label), config=config),
+            "rounds": _round_curve(found, rounds, headline=False),
         },
-        "rounds": _round_curve(finals, rounds),
+    }
+
+
+def _candidates(found: Sequence[CaseOutcome]) -> dict[str, Any]:
+    """Candidates of the finished cases: asked for, refused, prompts truncated."""
+    totals = {"total": 0, "refused": 0, "truncated": 0}
+    for o in found:
+        if o.finished:
+            for key in totals:
+                totals[key] += o.record["candidates"][key]  # type: ignore[index]
+    return {**totals, "refusal_rate": totals["refused"] / totals["total"] if totals["total"] else None}
+
+
+def _usage(found: Sequence[CaseOutcome]) -> dict[str, Any]:
+    """Usage summed over every case that ran (done, refused or failed), each case's
+    totals, and the cost: overall and per case that ran, where the APIs stated one."""
+    ran = [o for o in found if o.status != outcomes.PENDING]
+    summary = summarize_usage([o.usage for o in ran])
+    per_case = {o.case: summarize_usage([o.usage])["total"] for o in ran}
+    cost = summary["total"]["cost_usd"]
+    return {
+        **summary,
+        "cases": len(ran),
+        "per_case": per_case,
+        "cost": {"total_usd": cost, "per_case_usd": cost / len(ran) if cost is not None and ran else None},
     }
 
 
@@ -110,61 +156,72 @@ def aggregate(
 ) -> dict[str, Any]:
     """The content of benchmark_final.json. `run` is run.json's content."""
     config = run["config"]
-    rounds, run_seed = config["rounds"], config["seed"]
-    resamples, confidence = config["bootstrap_resamples"], config["confidence"]
-    finals: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    pending: list[str] = []
-    usages: list[dict[str, Any]] = []
-    for case in cases:
-        if layout.is_done(case.id):
-            finals.append(read_json(layout.final_metrics_file(case.id)))
-            usages.append(finals[-1].get("usage", {}))
-        elif layout.error_file(case.id).is_file():
-            error = read_json(layout.error_file(case.id))
-            failed.append({"case": case.id, "category": case.category, **error.get("failure", {})})
-            usages.append(error.get("usage", {}))
-        else:
-            pending.append(case.id)
-
-    categories = sorted({case.category for case in cases})
+    found = read_outcomes(layout, cases)
+    names = metric_names(run, found)
+    counts = _counts(found)
     by_category: dict[str, Any] = {}
-    for category in categories:
-        members = [f for f in finals if f["category"] == category]
+    for category in sorted({case.category for case in cases}):
+        members = [o for o in found if o.category == category]
+        category_counts = _counts(members)
         by_category[category] = {
-            "cases": sum(1 for c in cases if c.category == category),
-            "done": len(members),
-            "failed": sum(1 for f in failed if f["category"] == category),
-            **_group(
-                members, rounds=rounds, run_seed=run_seed, resamples=resamples, confidence=confidence, label=category
-            ),
+            "cases": len(members),
+            **category_counts,
+            "coverage": _coverage(category_counts),
+            **_group(members, names, config, category),
         }
 
+    finished = [o for o in found if o.finished]
     stage_totals: dict[str, float] = {}
-    for final in finals:
-        for stage, seconds in final["timings"]["stages_s"].items():
+    for o in finished:
+        for stage, seconds in o.record["timings"]["stages_s"].items():  # type: ignore[index]
             stage_totals[stage] = stage_totals.get(stage, 0.0) + seconds
     return {
         "format": FORMAT,
         "run": run["run_name"],
         "dataset": run["dataset"]["name"],
-        "cases": {"total": len(cases), "done": len(finals), "failed": len(failed), "pending": len(pending)},
-        "failed": failed,
-        "pending": pending,
-        **_group(finals, rounds=rounds, run_seed=run_seed, resamples=resamples, confidence=confidence, label="all"),
+        "complete": counts[outcomes.FAILED] == 0 and counts[outcomes.PENDING] == 0,
+        "cases": {"total": len(cases), **counts},
+        "coverage": _coverage(counts),
+        "candidates": _candidates(found),
+        "penalties": outcomes.penalties(names),
+        **_group(found, names, config, "all"),
+        "refused": [
+            {
+                "case": o.case,
+                "category": o.category,
+                "candidates": o.record["candidates"]["total"],  # type: ignore[index]
+                "reasons": o.record.get("refusal_reasons", []),  # type: ignore[union-attr]
+            }
+            for o in found
+            if o.status == outcomes.REFUSED
+        ],
+        "failed": [
+            {"case": o.case, "category": o.category, **o.record.get("failure", {})}  # type: ignore[union-attr]
+            for o in found
+            if o.status == outcomes.FAILED
+        ],
+        "pending": [o.case for o in found if o.status == outcomes.PENDING],
         "metric_ids": run["models"]["scorer"]["metric_ids"],
         "selection": {"weights": config["selection_weights"], "definition": "sum of weight * metric"},
-        "bootstrap": {"method": "percentile", "resamples": resamples, "confidence": confidence},
+        "bootstrap": {
+            "method": "percentile",
+            "resamples": config["bootstrap_resamples"],
+            "confidence": config["confidence"],
+        },
         "categories": by_category,
         "models": run["models"],
         "config": config,
-        # What the cases cost (done and failed ones): calls and retries per service and
-        # method, and what remote APIs reported (tokens, images, cost).
-        "usage": summarize_usage(usages),
+        # What the cases cost (done, refused and failed ones): calls and retries per
+        # service and method, what remote APIs reported (tokens, images, cost), per case.
+        "usage": _usage(found),
         "timings": {
             **(timings or {}),
             "stages_total_s": stage_totals,
-            "stages_mean_per_case_s": {k: v / len(finals) for k, v in stage_totals.items()} if finals else {},
-            "case_mean_s": math.fsum(f["timings"]["total_s"] for f in finals) / len(finals) if finals else None,
+            "stages_mean_per_case_s": {k: v / len(finished) for k, v in stage_totals.items()} if finished else {},
+            "case_mean_s": (
+                math.fsum(o.record["timings"]["total_s"] for o in finished) / len(finished)  # type: ignore[index]
+                if finished
+                else None
+            ),
         },
     }

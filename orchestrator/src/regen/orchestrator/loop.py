@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from regen.common.describer_json import differences_to_json, iut_to_json
-from regen.orchestrator import usage
+from regen.orchestrator import outcomes, usage
 from regen.orchestrator.clients import Clients, RunStopped, ServiceError
 from regen.orchestrator.dataset import Case, load_reference_png
 from regen.orchestrator.replies import ContractViolation, ExpectedImage
@@ -274,7 +274,10 @@ class CaseRunner:
         self.round = None
         best = rounds[-1].best_so_far
         if best is None:
-            raise CaseFailed("generate", f"the generator refused every candidate in all {len(rounds)} rounds")
+            # The model's answer, not a failure: a finished case that counts with penalties.
+            refused = self._refused_record(rounds, started)
+            await self._write_json(self.layout.final_metrics_file(self.case.id), refused)
+            return refused
         judged = await self._judge(reference, best)
         final = self._final_record(best, judged, rounds, started)
         await asyncio.to_thread(
@@ -373,6 +376,34 @@ class CaseRunner:
             "metrics": metrics,
             "metric_ids": self.settings.metric_ids,
             "judge": {"content_consistency": content, "perceptual_quality": quality, "rationale": judged.rationale},
+            **self._rounds_record(rounds, started),
+        }
+
+    def _refused_record(self, rounds: list[RoundRecord], started: float) -> dict[str, Any]:
+        """final_metrics.json's content for a case whose every candidate was refused."""
+        case = self.case
+        reasons = sorted({c.refusal_reason for r in rounds for c in r.candidates if c.refusal_reason})
+        return {
+            "case": case.id,
+            "category": case.category,
+            "status": outcomes.REFUSED,
+            "reference": {"file": case.path.name, "sha256": case.sha256},
+            "best": None,
+            "metrics": {},
+            "metric_ids": self.settings.metric_ids,
+            "judge": None,
+            "refusal_reasons": reasons,
+            **self._rounds_record(rounds, started),
+        }
+
+    def _rounds_record(self, rounds: list[RoundRecord], started: float) -> dict[str, Any]:
+        candidates = [c for r in rounds for c in r.candidates]
+        return {
+            "candidates": {
+                "total": len(candidates),
+                "refused": sum(1 for c in candidates if c.refused),
+                "truncated": sum(1 for c in candidates if c.prompt_truncated),
+            },
             "best_selection_by_round": [r.best_so_far.selection if r.best_so_far else None for r in rounds],
             "round_best_selection": [r.best.selection if r.best else None for r in rounds],
             "usage": self.usage.record(),

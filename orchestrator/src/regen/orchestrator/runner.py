@@ -35,8 +35,10 @@ from regen.orchestrator.identity import (
 )
 from regen.orchestrator.launcher import SERVICES, LocalServices
 from regen.orchestrator.loop import CaseFailed, CaseRunner, LoopSettings
+from regen.orchestrator.outcomes import REFUSED
 from regen.orchestrator.preflight import check_services
 from regen.orchestrator.progress import Reporter, SilentReporter
+from regen.orchestrator.report import write_report
 from regen.orchestrator.results import RunLayout, atomic_write_json
 from regen.orchestrator.settings import OrchestratorSettings
 
@@ -55,6 +57,15 @@ class RunSummary:
     failed: int
     skipped: int
     benchmark: dict[str, Any]
+    refused: int = 0
+    # report.html, or None when it could not be written (`report_error` says why).
+    report: Path | None = None
+    report_error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every case finished (done or refused): nothing failed or pending."""
+        return bool(self.benchmark["complete"])
 
 
 def ensure_tiny_models(reporter: Reporter) -> None:
@@ -215,6 +226,9 @@ async def _run_case(
         await asyncio.to_thread(atomic_write_json, layout.error_file(case.id), record)
         reporter.case_failed(case.id, f"{failure.stage}: {failure}")
         return
+    if final["status"] == REFUSED:
+        reporter.case_done(case.id, f"refused: the generator refused all {final['candidates']['total']} candidates")
+        return
     m = final["metrics"]
     reporter.case_done(case.id, f"selection {m['selection']:.4f}, judge {m['judge_content']}/{m['judge_quality']}")
 
@@ -262,11 +276,18 @@ async def _run_cases(
     }
     benchmark = aggregate(layout, cases, run=run_info, timings=timings)
     atomic_write_json(layout.benchmark_file, benchmark)
-    return RunSummary(
+    summary = RunSummary(
         run_dir=layout.root,
         total=len(cases),
         done=benchmark["cases"]["done"],
         failed=benchmark["cases"]["failed"],
         skipped=skipped,
         benchmark=benchmark,
+        refused=benchmark["cases"]["refused"],
     )
+    reporter.message("writing report.html ...")
+    try:
+        summary.report = await asyncio.to_thread(write_report, layout.root)
+    except Exception as exc:  # the results are written; a report problem must not hide them
+        summary.report_error = f"{type(exc).__name__}: {exc}"
+    return summary
