@@ -1,7 +1,7 @@
 """Pre-flight: a bad option fails in seconds, before any service starts, with exit
 status 2 and a message naming the option, and leaves no run folder behind; what only
-the services' Info can tell (the describer's max_variants, the generator's sizes, the
-scorer's metrics) is checked right after Info."""
+the services' Info can tell (the describer's max_variants, the generator's sizes) is
+checked right after Info."""
 
 from __future__ import annotations
 
@@ -92,13 +92,11 @@ def settings(**values) -> OrchestratorSettings:
     return OrchestratorSettings(dataset="x", **values)
 
 
-def test_after_info_candidates_sizes_and_weights_are_checked() -> None:
+def test_after_info_candidates_and_sizes_are_checked() -> None:
     check_services(settings(candidates=4), *infos())
     check_services(settings(candidates=9), *infos(max_variants=0))  # a describer that does not say
     with pytest.raises(PreflightError, match=r"--candidates 5: the describer writes at most 4 variants"):
         check_services(settings(candidates=5), *infos())
-    with pytest.raises(PreflightError, match="--weights: nope is not a metric of the scorer; it has clip, dinov2"):
-        check_services(settings(selection_weights={"nope": 1.0}), *infos())
     with pytest.raises(PreflightError, match="--width 100: the generator needs a multiple of 8"):
         check_services(settings(generation={"width": 100}), *infos())
     with pytest.raises(PreflightError, match="--height 4096: the generator renders at most 2048"):

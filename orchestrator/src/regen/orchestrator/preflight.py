@@ -8,9 +8,9 @@ readable, and the secrets this process can see registered for scrubbing
 (`regen.common.secrets.register_environment`).
 
 Right after the services' Info, before the run folder exists (`check_services`, called by
-the runner): `--candidates` within the describer's max_variants, `--width`/`--height`
-what the generator renders, and the selection weights naming the scorer's metrics
-(`regen.orchestrator.runner` checks those too).
+the runner): `--candidates` within the describer's max_variants and `--width`/`--height`
+what the generator renders. (The runner checks there too that the selection weights name
+the scorer's metrics.)
 """
 
 from __future__ import annotations
@@ -74,12 +74,6 @@ def check_services(settings: OrchestratorSettings, describer_info: Any, generato
             f"use 1 to {max_variants}"
         )
     _check_size(settings, generator_info)
-    metrics = sorted({metric.name for metric in scorer_info.metrics})
-    unknown = sorted(set(settings.selection_weights) - set(metrics))
-    if unknown:
-        raise PreflightError(
-            f"--weights: {', '.join(unknown)} is not a metric of the scorer; it has {', '.join(metrics) or 'none'}"
-        )
 
 
 def _check_size(settings: OrchestratorSettings, generator_info: Any) -> None:

@@ -86,6 +86,7 @@ class ScorerCore:
         self._limits = settings.images.limits()
         self.max_candidates = settings.max_candidates
         self.max_request_pixels = settings.max_request_pixels
+        self.max_reference_pixels = settings.max_reference_pixels
         self._batcher: MicroBatcher[PairJob, dict[str, float]] = MicroBatcher(
             lambda jobs: self.score_batch(jobs),
             max_batch=settings.max_batch,
@@ -146,6 +147,7 @@ class ScorerCore:
                 f"{self.max_candidates} per request; split the request"
             )
         selected = self.select_metrics(metrics)
+        self._check_reference_pixels(reference_png)
         self._check_pixel_budget(reference_png, candidate_pngs, selected)
         reference, candidates = await self._decode(reference_png, candidate_pngs)
         _check_reference_size(reference, selected)
@@ -162,6 +164,14 @@ class ScorerCore:
                 for i, value in zip(wanted, values, strict=True):
                     results[i][metric.info.id] = value
         return results
+
+    def _check_reference_pixels(self, reference_png: bytes) -> None:
+        pixels = _header_pixels(reference_png, self._limits)
+        if pixels > self.max_reference_pixels:
+            raise InvalidInput(
+                f"reference_png: {pixels} pixels exceeds this scorer's max_reference_pixels of "
+                f"{self.max_reference_pixels}; downscale the reference"
+            )
 
     def _check_pixel_budget(
         self, reference_png: bytes, candidate_pngs: Sequence[bytes], metrics: Sequence[Metric]

@@ -33,6 +33,10 @@ class ScorerSettings(ServiceSettings):
     # metrics make of them, e.g. SSIM's resized candidates); larger requests get
     # RESOURCE_EXHAUSTED before any decoding.
     max_request_pixels: int = Field(256 * 1024 * 1024, ge=1)
+    # Largest reference, in pixels (2048x2048, the generator's largest side): SSIM compares
+    # at the reference's size, so a huge one would hold the worker for a minute. Larger
+    # references get INVALID_ARGUMENT before any decoding; downscale them first.
+    max_reference_pixels: int = Field(2048 * 2048, ge=1)
 
     @classmethod
     def tiny_preset(cls, models: Path) -> dict[str, Any]:
