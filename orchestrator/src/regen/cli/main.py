@@ -391,6 +391,44 @@ def report(
     _console().print(run_summary(benchmark, path))
 
 
+@app.command("compare")
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders: one per generator and run seed.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Folder for leaderboard.json, .md and .html (default: leaderboard/ beside the runs)."
+        ),
+    ] = None,
+) -> None:
+    """A leaderboard of generators run like for like, with paired significance tests.
+
+    The runs must share the dataset, the describer, the metrics, rounds, candidates and
+    run seeds; several run seeds of one generator are pooled into one row.
+    """
+    from rich.console import Console
+
+    from regen.orchestrator.compare import CompareError, terminal_table, write_leaderboard
+    from regen.orchestrator.compare.output import HTML_FILE, JSON_FILE, MARKDOWN_FILE
+    from regen.orchestrator.report.model import ReportError
+
+    try:
+        board, folder = write_leaderboard(run_dirs, out)
+    except (CompareError, ReportError, OSError) as exc:
+        _fail(str(exc))
+    Console(highlight=False, width=max(160, Console().width)).print(terminal_table(board))
+    check = board["consistency"]
+    if not check["consistent"]:
+        typer.secho(
+            f"warning: the describer's IUT or first prompt differs between generators in "
+            f"{len(check['mismatches'])} places (listed in {folder / MARKDOWN_FILE})",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    for name in (HTML_FILE, MARKDOWN_FILE, JSON_FILE):
+        typer.echo(f"{name.rsplit('.', 1)[1]}: {folder / name}")
+
+
 CHECK_SERVICES = ("describer", "generator", "scorer")
 
 
