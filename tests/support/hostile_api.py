@@ -39,9 +39,11 @@ def png_bytes(width: int, height: int, seed: str = "") -> bytes:
 class HostileAPI(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, chat_answer: Callable[[dict], str] | None = None) -> None:
+    def __init__(self, chat_answer: Callable[[dict], str] | None = None, always: str = "") -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.chat_answer = chat_answer
+        # A marker that applies to every request, e.g. "[echo-400]".
+        self.always = always
         self.requests: list[tuple[str, dict]] = []
         self.fetched: list[str] = []
         self.lock = threading.Lock()
@@ -105,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
             self.server.requests.append((self.path, body))
-        text = json.dumps(body)
+        text = json.dumps(body) + self.server.always
         key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
         if "[slow]" in text:
             time.sleep(2.0)

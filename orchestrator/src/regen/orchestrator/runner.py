@@ -222,7 +222,8 @@ async def _run_case(
     try:
         final = await runner.run()
     except CaseFailed as failure:
-        record = {"case": case.id, "status": "failed", "failure": failure.record(), "usage": runner.usage.record()}
+        record = {"case": case.id, "file": case.path.name, "status": "failed", "failure": failure.record()}
+        record["usage"] = runner.usage.record()
         await asyncio.to_thread(atomic_write_json, layout.error_file(case.id), record)
         reporter.case_failed(case.id, f"{failure.stage}: {failure}")
         return
