@@ -523,7 +523,9 @@ def test_openai_request_carries_images_as_data_urls_and_the_schema():
     assert [part["type"] for part in user] == ["image_url", "image_url", "text"]
     assert user[0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert request["response_format"]["json_schema"] == {"name": "judge", "schema": call.schema, "strict": True}
-    assert request["temperature"] == 0 and "seed" not in request
+    # Greedy calls are seeded too; OpenAI's own API gets max_completion_tokens.
+    assert request["temperature"] == 0 and request["seed"] == call.seed
+    assert request["max_completion_tokens"] == 100 and "max_tokens" not in request
     assert SECRET not in json.dumps(request)
     with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
         openai_backend.OpenAIBackend("gpt-4o", base_url=None, api_key=None, revision="api", timeout_s=5)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from regen.common.batching import BatchStats
 from regen.common.errors import BadModelOutput, InvalidInput
-from regen.describer import schemas, templates
+from regen.describer import review, schemas, templates
 from regen.describer.answers import Difference, GlobalFeatures, ImageUnderstandingTree, SceneObject, compose_draft
 from regen.describer.backends.base import BackendIdentity, Completion, ModelCall
 from regen.describer.budget import EstimatedTokens, budget_problem
@@ -130,6 +130,71 @@ def test_string_fields_reject_control_characters_quotes_and_non_ascii():
     assert schemas.schema_problems(schema, {"prompt": "ends with newline\n"})
 
 
+def test_texts_start_with_a_letter_and_optional_ones_may_be_empty():
+    required, optional = schemas.text(12), schemas.text(12, required=False)
+    for bad in ["...", "-", "42", "", " a", "<one sentence>", "9 cats"]:
+        assert schemas.schema_problems(required, bad), bad
+    for bad in ["...", "-", "42", " a"]:
+        assert schemas.schema_problems(optional, bad), bad
+    for good in ["a", "Red coat", "x" * 12]:
+        assert schemas.schema_problems(required, good) == [] and schemas.schema_problems(optional, good) == []
+    assert schemas.schema_problems(optional, "") == []
+    assert schemas.max_answer_bytes(optional) == schemas.max_answer_bytes(required) == 14
+
+
+def test_integers_are_json_integers():
+    """jsonschema's draft counts 4.0 as an integer; a score must be 4, so what is cached
+    always converts to int32."""
+    schema = schemas.judge_schema(BOUNDS)
+    good = {"rationale": "close match", "content_consistency": 4, "perceptual_quality": 5}
+    assert schemas.schema_problems(schema, good) == []
+    for bad in (4.0, True, "4", 4.5):
+        problems = schemas.schema_problems(schema, good | {"content_consistency": bad})
+        assert problems and problems[0].startswith("content_consistency:"), bad
+
+
+def test_a_key_given_twice_is_a_problem_not_the_last_value():
+    value, problem = schemas.parse_json_answer('{"a": {"b": 7, "b": 4}}')
+    assert value is None and problem == "the key 'b' appears twice in one object; give every key once"
+    assert schemas.loads_strict('{"a": 1, "b": {"a": 2}}') == {"a": 1, "b": {"a": 2}}
+
+
+def test_non_answers_are_named_with_what_to_do():
+    instructions = templates.instructions("judge")
+    assert review.non_answers({"rationale": "The apple is darker and smaller."}, instructions) == []
+    cases = {
+        "N/A": "rationale: 'N/A' is a placeholder, not an answer; write what the image shows",
+        "string": "is a placeholder",
+        "Lorem ipsum dolor": "is a placeholder",
+        "Rationale.": "repeats the key's name",
+        "The same scene with only minor deviations.": "copies the instructions",
+    }
+    for text, words in cases.items():
+        (problem,) = review.non_answers({"rationale": text}, instructions)
+        assert words in problem, (text, problem)
+    # An attribute that does not apply is an empty string, and the problem says so.
+    iut = iut_json(objects=1)
+    iut["objects"][0]["attributes"]["material"] = "none"
+    (problem,) = review.non_answers(iut, templates.instructions("understand"))
+    assert problem.startswith("objects[0].attributes.material: 'none' is a placeholder")
+    assert problem.endswith("or an empty string if it does not apply")
+    # Short phrases that the instructions also use are ordinary answers.
+    assert review.non_answers({"style": "soft light", "lighting": "photo"}, templates.instructions("understand")) == []
+
+
+def test_template_examples_hold_no_concrete_values():
+    """A reply that copies a format example must fail validation: the examples' texts are
+    placeholders, and the judge's scores are not numbers (a copied 3/3 was once a score)."""
+    for task in templates.INSTRUCTIONS:
+        text = templates.instructions(task)
+        formats = [line for line in text.splitlines() if line.startswith("Format:")]
+        assert formats, task
+        for line in formats:
+            assert not re.search(r'":\s*-?\d', line), line
+    assert "<integer 1 to 5>" in templates.JUDGE
+    assert templates.TEMPLATE_NUMBER >= 2
+
+
 def test_iut_schema_allows_only_the_objects_own_attributes():
     schema = schemas.iut_schema(BOUNDS)
     value = iut_json()
@@ -145,6 +210,21 @@ def test_every_string_pattern_compiles_in_xgrammar():
     for schema in (schemas.iut_schema(BOUNDS), schemas.judge_schema(BOUNDS), schemas.compare_schema(BOUNDS)):
         grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=(",", ":"))
         assert "root" in str(grammar)
+
+
+def test_xgrammar_allows_exactly_what_the_patterns_allow():
+    """Constrained decoding must not produce what validation refuses (xgrammar once read
+    "(x)?" as any string, and the tiny model answered " enemy" for an attribute)."""
+    xgr = pytest.importorskip("xgrammar")
+    accepts = getattr(pytest.importorskip("xgrammar.testing"), "_is_grammar_accept_string", None)
+    if accepts is None:
+        pytest.skip("this xgrammar has no testing._is_grammar_accept_string")
+    for required in (True, False):
+        schema = schemas.text(8, required=required)
+        grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=True)
+        for value in ["", " enemy", "...", "4 cats", "a", "Red coat", "abcdefgh", "abcdefghi", "a\tb"]:
+            allowed = schemas.schema_problems(schema, value) == []
+            assert accepts(grammar, json.dumps(value)) == allowed, (required, value)
 
 
 def test_parse_json_answer_is_lenient_about_wrapping_only():
@@ -192,7 +272,7 @@ def test_invalid_answer_is_repaired_with_the_problems_listed():
     assert result.call.attempts == 2
     repair = backend.calls[1].messages
     assert repair[-2].role == "assistant" and repair[-2].text == '{"prompt": ""}'
-    assert "prompt: must be non-empty" in repair[-1].text
+    assert "prompt: must be a non-empty text" in repair[-1].text
 
 
 def test_answer_that_stays_invalid_fails_with_the_raw_text():

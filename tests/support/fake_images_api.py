@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 from PIL import Image
 
@@ -107,7 +108,11 @@ def _serve(api: FakeImagesAPI) -> Iterator[FakeImagesAPI]:
     api.server_close()
 
 
-def serve(api: FakeImagesAPI) -> Iterator[FakeImagesAPI]:
+Server = TypeVar("Server", bound=ThreadingHTTPServer)
+
+
+def serve(api: Server) -> Iterator[Server]:
+    """For a fixture: `yield from serve(FakeImagesAPI())` (any threading HTTP server)."""
     thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
     yield api

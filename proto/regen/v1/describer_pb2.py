@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from regen.v1 import common_pb2 as regen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18regen/v1/describer.proto\x12\x08regen.v1\x1a\x15regen/v1/common.proto\"\x89\x01\n\rDescriberInfo\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.regen.v1.ModelInfo\x12$\n\x06server\x18\x02 \x01(\x0b\x32\x14.regen.v1.ServerInfo\x12\x18\n\x10template_version\x18\x03 \x01(\t\x12\x14\n\x0cmax_variants\x18\x04 \x01(\x05\"]\n\x0eGlobalFeatures\x12\r\n\x05style\x18\x01 \x01(\t\x12\x10\n\x08lighting\x18\x02 \x01(\t\x12\x15\n\rcolor_palette\x18\x03 \x01(\t\x12\x13\n\x0b\x63omposition\x18\x04 \x01(\t\"\xbf\x01\n\x10ObjectAttributes\x12\r\n\x05\x63olor\x18\x01 \x01(\t\x12\x10\n\x08material\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\t\x12\x0f\n\x07texture\x18\x04 \x01(\t\x12\x0f\n\x07posture\x18\x05 \x01(\t\x12\x12\n\nexpression\x18\x06 \x01(\t\x12\x10\n\x08\x63lothing\x18\x07 \x01(\t\x12\x0f\n\x07species\x18\x08 \x01(\t\x12\x10\n\x08\x66unction\x18\t \x01(\t\x12\r\n\x05state\x18\n \x01(\t\"o\n\x0bSceneObject\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.regen.v1.ObjectType\x12.\n\nattributes\x18\x03 \x01(\x0b\x32\x1a.regen.v1.ObjectAttributes\"\xa6\x01\n\x16ImageUnderstandingTree\x12\x1a\n\x12global_description\x18\x01 \x01(\t\x12\x31\n\x0fglobal_features\x18\x02 \x01(\x0b\x32\x18.regen.v1.GlobalFeatures\x12&\n\x07objects\x18\x03 \x03(\x0b\x32\x15.regen.v1.SceneObject\x12\x15\n\rrelationships\x18\x04 \x03(\t\"\x89\x01\n\x08\x43\x61llInfo\x12\x0e\n\x06\x63\x61\x63hed\x18\x01 \x01(\x08\x12\x11\n\tcache_key\x18\x02 \x01(\t\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\x12\x11\n\telapsed_s\x18\x04 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.regen.v1.Usage\"&\n\x11UnderstandRequest\x12\x11\n\timage_png\x18\x01 \x01(\x0c\"e\n\x12UnderstandResponse\x12-\n\x03iut\x18\x01 \x01(\x0b\x32 .regen.v1.ImageUnderstandingTree\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"Y\n\x12WritePromptRequest\x12-\n\x03iut\x18\x01 \x01(\x0b\x32 .regen.v1.ImageUnderstandingTree\x12\x14\n\x0ctoken_budget\x18\x02 \x01(\x05\"B\n\x0ePromptResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"P\n\x0fVariantsRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x14\n\x0ctoken_budget\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"E\n\x10VariantsResponse\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"N\n\x0e\x43ompareRequest\x12\x15\n\rreference_png\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_png\x18\x02 \x01(\x0c\x12\x0e\n\x06prompt\x18\x03 \x01(\t\"1\n\nDifference\x12\x0e\n\x06\x61spect\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"^\n\x0f\x43ompareResponse\x12)\n\x0b\x64ifferences\x18\x01 \x03(\x0b\x32\x14.regen.v1.Difference\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"`\n\rReviseRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x0b\x64ifferences\x18\x02 \x03(\x0b\x32\x14.regen.v1.Difference\x12\x14\n\x0ctoken_budget\x18\x03 \x01(\x05\"<\n\x0cJudgeRequest\x12\x15\n\rreference_png\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_png\x18\x02 \x01(\x0c\"}\n\rJudgeResponse\x12\x1b\n\x13\x63ontent_consistency\x18\x01 \x01(\x05\x12\x1a\n\x12perceptual_quality\x18\x02 \x01(\x05\x12\x11\n\trationale\x18\x03 \x01(\t\x12 \n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x12.regen.v1.CallInfo*q\n\nObjectType\x12\x1b\n\x17OBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECT_TYPE_PERSON\x10\x01\x12\x16\n\x12OBJECT_TYPE_ANIMAL\x10\x02\x12\x16\n\x12OBJECT_TYPE_OBJECT\x10\x03\x32\xcd\x03\n\tDescriber\x12\x36\n\x04Info\x12\x15.regen.v1.InfoRequest\x1a\x17.regen.v1.DescriberInfo\x12G\n\nUnderstand\x12\x1b.regen.v1.UnderstandRequest\x1a\x1c.regen.v1.UnderstandResponse\x12\x45\n\x0bWritePrompt\x12\x1c.regen.v1.WritePromptRequest\x1a\x18.regen.v1.PromptResponse\x12\x41\n\x08Variants\x12\x19.regen.v1.VariantsRequest\x1a\x1a.regen.v1.VariantsResponse\x12>\n\x07\x43ompare\x12\x18.regen.v1.CompareRequest\x1a\x19.regen.v1.CompareResponse\x12;\n\x06Revise\x12\x17.regen.v1.ReviseRequest\x1a\x18.regen.v1.PromptResponse\x12\x38\n\x05Judge\x12\x16.regen.v1.JudgeRequest\x1a\x17.regen.v1.JudgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18regen/v1/describer.proto\x12\x08regen.v1\x1a\x15regen/v1/common.proto\"\x89\x01\n\rDescriberInfo\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.regen.v1.ModelInfo\x12$\n\x06server\x18\x02 \x01(\x0b\x32\x14.regen.v1.ServerInfo\x12\x18\n\x10template_version\x18\x03 \x01(\t\x12\x14\n\x0cmax_variants\x18\x04 \x01(\x05\"]\n\x0eGlobalFeatures\x12\r\n\x05style\x18\x01 \x01(\t\x12\x10\n\x08lighting\x18\x02 \x01(\t\x12\x15\n\rcolor_palette\x18\x03 \x01(\t\x12\x13\n\x0b\x63omposition\x18\x04 \x01(\t\"\xbf\x01\n\x10ObjectAttributes\x12\r\n\x05\x63olor\x18\x01 \x01(\t\x12\x10\n\x08material\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\t\x12\x0f\n\x07texture\x18\x04 \x01(\t\x12\x0f\n\x07posture\x18\x05 \x01(\t\x12\x12\n\nexpression\x18\x06 \x01(\t\x12\x10\n\x08\x63lothing\x18\x07 \x01(\t\x12\x0f\n\x07species\x18\x08 \x01(\t\x12\x10\n\x08\x66unction\x18\t \x01(\t\x12\r\n\x05state\x18\n \x01(\t\"o\n\x0bSceneObject\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x04type\x18\x02 \x01(\x0e\x32\x14.regen.v1.ObjectType\x12.\n\nattributes\x18\x03 \x01(\x0b\x32\x1a.regen.v1.ObjectAttributes\"\xa6\x01\n\x16ImageUnderstandingTree\x12\x1a\n\x12global_description\x18\x01 \x01(\t\x12\x31\n\x0fglobal_features\x18\x02 \x01(\x0b\x32\x18.regen.v1.GlobalFeatures\x12&\n\x07objects\x18\x03 \x03(\x0b\x32\x15.regen.v1.SceneObject\x12\x15\n\rrelationships\x18\x04 \x03(\t\"\xf0\x01\n\x08\x43\x61llInfo\x12\x0e\n\x06\x63\x61\x63hed\x18\x01 \x01(\x08\x12\x11\n\tcache_key\x18\x02 \x01(\t\x12\x15\n\routput_tokens\x18\x03 \x01(\x05\x12\x11\n\telapsed_s\x18\x04 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x1e\n\x05usage\x18\x06 \x01(\x0b\x32\x0f.regen.v1.Usage\x12\x0f\n\x07repairs\x18\x07 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x08 \x01(\x03\x12\x14\n\x0cserved_model\x18\t \x01(\t\x12\x1a\n\x12system_fingerprint\x18\n \x01(\t\x12\x0c\n\x04seed\x18\x0b \x01(\x03\"&\n\x11UnderstandRequest\x12\x11\n\timage_png\x18\x01 \x01(\x0c\"e\n\x12UnderstandResponse\x12-\n\x03iut\x18\x01 \x01(\x0b\x32 .regen.v1.ImageUnderstandingTree\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"Y\n\x12WritePromptRequest\x12-\n\x03iut\x18\x01 \x01(\x0b\x32 .regen.v1.ImageUnderstandingTree\x12\x14\n\x0ctoken_budget\x18\x02 \x01(\x05\"B\n\x0ePromptResponse\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"P\n\x0fVariantsRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x14\n\x0ctoken_budget\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"E\n\x10VariantsResponse\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"N\n\x0e\x43ompareRequest\x12\x15\n\rreference_png\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_png\x18\x02 \x01(\x0c\x12\x0e\n\x06prompt\x18\x03 \x01(\t\"1\n\nDifference\x12\x0e\n\x06\x61spect\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"^\n\x0f\x43ompareResponse\x12)\n\x0b\x64ifferences\x18\x01 \x03(\x0b\x32\x14.regen.v1.Difference\x12 \n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x12.regen.v1.CallInfo\"`\n\rReviseRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x0b\x64ifferences\x18\x02 \x03(\x0b\x32\x14.regen.v1.Difference\x12\x14\n\x0ctoken_budget\x18\x03 \x01(\x05\"<\n\x0cJudgeRequest\x12\x15\n\rreference_png\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_png\x18\x02 \x01(\x0c\"}\n\rJudgeResponse\x12\x1b\n\x13\x63ontent_consistency\x18\x01 \x01(\x05\x12\x1a\n\x12perceptual_quality\x18\x02 \x01(\x05\x12\x11\n\trationale\x18\x03 \x01(\t\x12 \n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x12.regen.v1.CallInfo*q\n\nObjectType\x12\x1b\n\x17OBJECT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECT_TYPE_PERSON\x10\x01\x12\x16\n\x12OBJECT_TYPE_ANIMAL\x10\x02\x12\x16\n\x12OBJECT_TYPE_OBJECT\x10\x03\x32\xcd\x03\n\tDescriber\x12\x36\n\x04Info\x12\x15.regen.v1.InfoRequest\x1a\x17.regen.v1.DescriberInfo\x12G\n\nUnderstand\x12\x1b.regen.v1.UnderstandRequest\x1a\x1c.regen.v1.UnderstandResponse\x12\x45\n\x0bWritePrompt\x12\x1c.regen.v1.WritePromptRequest\x1a\x18.regen.v1.PromptResponse\x12\x41\n\x08Variants\x12\x19.regen.v1.VariantsRequest\x1a\x1a.regen.v1.VariantsResponse\x12>\n\x07\x43ompare\x12\x18.regen.v1.CompareRequest\x1a\x19.regen.v1.CompareResponse\x12;\n\x06Revise\x12\x17.regen.v1.ReviseRequest\x1a\x18.regen.v1.PromptResponse\x12\x38\n\x05Judge\x12\x16.regen.v1.JudgeRequest\x1a\x17.regen.v1.JudgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'regen.v1.describer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OBJECTTYPE']._serialized_start=1881
-  _globals['_OBJECTTYPE']._serialized_end=1994
+  _globals['_OBJECTTYPE']._serialized_start=1984
+  _globals['_OBJECTTYPE']._serialized_end=2097
   _globals['_DESCRIBERINFO']._serialized_start=62
   _globals['_DESCRIBERINFO']._serialized_end=199
   _globals['_GLOBALFEATURES']._serialized_start=201
@@ -45,31 +45,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEUNDERSTANDINGTREE']._serialized_start=604
   _globals['_IMAGEUNDERSTANDINGTREE']._serialized_end=770
   _globals['_CALLINFO']._serialized_start=773
-  _globals['_CALLINFO']._serialized_end=910
-  _globals['_UNDERSTANDREQUEST']._serialized_start=912
-  _globals['_UNDERSTANDREQUEST']._serialized_end=950
-  _globals['_UNDERSTANDRESPONSE']._serialized_start=952
-  _globals['_UNDERSTANDRESPONSE']._serialized_end=1053
-  _globals['_WRITEPROMPTREQUEST']._serialized_start=1055
-  _globals['_WRITEPROMPTREQUEST']._serialized_end=1144
-  _globals['_PROMPTRESPONSE']._serialized_start=1146
-  _globals['_PROMPTRESPONSE']._serialized_end=1212
-  _globals['_VARIANTSREQUEST']._serialized_start=1214
-  _globals['_VARIANTSREQUEST']._serialized_end=1294
-  _globals['_VARIANTSRESPONSE']._serialized_start=1296
-  _globals['_VARIANTSRESPONSE']._serialized_end=1365
-  _globals['_COMPAREREQUEST']._serialized_start=1367
-  _globals['_COMPAREREQUEST']._serialized_end=1445
-  _globals['_DIFFERENCE']._serialized_start=1447
-  _globals['_DIFFERENCE']._serialized_end=1496
-  _globals['_COMPARERESPONSE']._serialized_start=1498
-  _globals['_COMPARERESPONSE']._serialized_end=1592
-  _globals['_REVISEREQUEST']._serialized_start=1594
-  _globals['_REVISEREQUEST']._serialized_end=1690
-  _globals['_JUDGEREQUEST']._serialized_start=1692
-  _globals['_JUDGEREQUEST']._serialized_end=1752
-  _globals['_JUDGERESPONSE']._serialized_start=1754
-  _globals['_JUDGERESPONSE']._serialized_end=1879
-  _globals['_DESCRIBER']._serialized_start=1997
-  _globals['_DESCRIBER']._serialized_end=2458
+  _globals['_CALLINFO']._serialized_end=1013
+  _globals['_UNDERSTANDREQUEST']._serialized_start=1015
+  _globals['_UNDERSTANDREQUEST']._serialized_end=1053
+  _globals['_UNDERSTANDRESPONSE']._serialized_start=1055
+  _globals['_UNDERSTANDRESPONSE']._serialized_end=1156
+  _globals['_WRITEPROMPTREQUEST']._serialized_start=1158
+  _globals['_WRITEPROMPTREQUEST']._serialized_end=1247
+  _globals['_PROMPTRESPONSE']._serialized_start=1249
+  _globals['_PROMPTRESPONSE']._serialized_end=1315
+  _globals['_VARIANTSREQUEST']._serialized_start=1317
+  _globals['_VARIANTSREQUEST']._serialized_end=1397
+  _globals['_VARIANTSRESPONSE']._serialized_start=1399
+  _globals['_VARIANTSRESPONSE']._serialized_end=1468
+  _globals['_COMPAREREQUEST']._serialized_start=1470
+  _globals['_COMPAREREQUEST']._serialized_end=1548
+  _globals['_DIFFERENCE']._serialized_start=1550
+  _globals['_DIFFERENCE']._serialized_end=1599
+  _globals['_COMPARERESPONSE']._serialized_start=1601
+  _globals['_COMPARERESPONSE']._serialized_end=1695
+  _globals['_REVISEREQUEST']._serialized_start=1697
+  _globals['_REVISEREQUEST']._serialized_end=1793
+  _globals['_JUDGEREQUEST']._serialized_start=1795
+  _globals['_JUDGEREQUEST']._serialized_end=1855
+  _globals['_JUDGERESPONSE']._serialized_start=1857
+  _globals['_JUDGERESPONSE']._serialized_end=1982
+  _globals['_DESCRIBER']._serialized_start=2100
+  _globals['_DESCRIBER']._serialized_end=2561
 # @@protoc_insertion_point(module_scope)

@@ -90,20 +90,30 @@ class ImageUnderstandingTree(_message.Message):
     def __init__(self, global_description: _Optional[str] = ..., global_features: _Optional[_Union[GlobalFeatures, _Mapping]] = ..., objects: _Optional[_Iterable[_Union[SceneObject, _Mapping]]] = ..., relationships: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallInfo(_message.Message):
-    __slots__ = ("cached", "cache_key", "output_tokens", "elapsed_s", "attempts", "usage")
+    __slots__ = ("cached", "cache_key", "output_tokens", "elapsed_s", "attempts", "usage", "repairs", "input_tokens", "served_model", "system_fingerprint", "seed")
     CACHED_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    REPAIRS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     cached: bool
     cache_key: str
     output_tokens: int
     elapsed_s: float
     attempts: int
     usage: _common_pb2.Usage
-    def __init__(self, cached: _Optional[bool] = ..., cache_key: _Optional[str] = ..., output_tokens: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., attempts: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
+    repairs: int
+    input_tokens: int
+    served_model: str
+    system_fingerprint: str
+    seed: int
+    def __init__(self, cached: _Optional[bool] = ..., cache_key: _Optional[str] = ..., output_tokens: _Optional[int] = ..., elapsed_s: _Optional[float] = ..., attempts: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., repairs: _Optional[int] = ..., input_tokens: _Optional[int] = ..., served_model: _Optional[str] = ..., system_fingerprint: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class UnderstandRequest(_message.Message):
     __slots__ = ("image_png",)

@@ -9,7 +9,12 @@ into HTTP answers. Nothing here imports a transport.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from typing import Self
 
 # "prompts[2].seed", "iut.objects[0].type", "reference_png": a field path, not prose.
 _FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*")
@@ -20,6 +25,14 @@ class RegenError(Exception):
 
     status: ClassVar[str] = "INTERNAL"
     http_status: ClassVar[int] = 500
+    # Facts for programs beside the message (e.g. what a failed describer call cost:
+    # attempts, api_calls, tokens), sent as the google.rpc.ErrorInfo's metadata.
+    metadata: Mapping[str, str] = MappingProxyType({})
+
+    def with_metadata(self, **values: object) -> Self:
+        """This error with `values` added to its metadata (as strings); returns itself."""
+        self.metadata = {**self.metadata, **{key: str(value) for key, value in values.items()}}
+        return self
 
 
 class InvalidInput(RegenError):

@@ -84,8 +84,8 @@ def _abort_code(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def rich_status(exc: BaseException) -> grpc.Status:
     """The status for `exc`, with google.rpc details: a BadRequest naming the field for
-    INVALID_ARGUMENT, an ErrorInfo (domain regen.v1, reason the status name) otherwise.
-    The message is scrubbed of every registered secret."""
+    INVALID_ARGUMENT, an ErrorInfo (domain regen.v1, reason the status name, metadata the
+    error's `metadata`) otherwise. The message is scrubbed of every registered secret."""
     code, message = _abort_code(exc)
     detail: BadRequest | ErrorInfo
     field = exc.field if isinstance(exc, InvalidInput) else ""
@@ -93,7 +93,9 @@ def rich_status(exc: BaseException) -> grpc.Status:
         violation = BadRequest.FieldViolation(field=field, description=message)
         detail = BadRequest(field_violations=[violation])
     else:
-        detail = ErrorInfo(reason=code.name, domain=ERROR_DOMAIN)
+        # A RegenError's metadata (e.g. what a failed describer call cost) rides along.
+        metadata = {k: secrets.scrub(v) for k, v in getattr(exc, "metadata", {}).items()}
+        detail = ErrorInfo(reason=code.name, domain=ERROR_DOMAIN, metadata=metadata)
     packed = any_pb2.Any()
     packed.Pack(detail)
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[packed]))

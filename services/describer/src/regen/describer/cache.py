@@ -6,7 +6,9 @@ the inputs (images by the hash of their decoded pixels) and the sampling setting
 generator benchmarked with the same describer therefore gets the same IUT and the same
 first prompt. Entries are written to a temporary file and renamed into place, so a
 reader never sees half an entry; an unreadable entry is a miss, and is overwritten.
-Only valid answers are stored: a failure is never replayed from the cache.
+Only valid answers are stored: a failure is never replayed from the cache. The core
+validates every entry it reads again, as it validates a fresh answer, and removes one
+that fails (an entry written before a rule existed), so an old poisoned cache heals.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from regen.describer.schemas import canonical_json
+from regen.describer.schemas import canonical_json, loads_strict
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,10 @@ class CachedAnswer:
     answer: Any  # the task's JSON answer
     output_tokens: int
     attempts: int
+    # What the answer took when it was made, and which model made it.
+    input_tokens: int = 0
+    served_model: str = ""
+    system_fingerprint: str = ""
 
 
 class AnswerCache:
@@ -51,10 +57,17 @@ class AnswerCache:
     def get(self, key: str) -> CachedAnswer | None:
         path = self._path(key)
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = loads_strict(path.read_text(encoding="utf-8"))
             if entry.get("key") != key:
                 raise ValueError("entry holds another key")
-            return CachedAnswer(entry["answer"], int(entry["output_tokens"]), int(entry["attempts"]))
+            return CachedAnswer(
+                entry["answer"],
+                int(entry["output_tokens"]),
+                int(entry["attempts"]),
+                int(entry.get("input_tokens", 0)),
+                str(entry.get("served_model", "")),
+                str(entry.get("system_fingerprint", "")),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -69,6 +82,9 @@ class AnswerCache:
             "answer": value.answer,
             "output_tokens": value.output_tokens,
             "attempts": value.attempts,
+            "input_tokens": value.input_tokens,
+            "served_model": value.served_model,
+            "system_fingerprint": value.system_fingerprint,
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,3 +101,11 @@ class AnswerCache:
         except OSError as exc:
             # A full or read-only disk must not fail the request that produced the answer.
             log.warning("cannot write describer cache entry %s: %s", path, exc)
+
+    def remove(self, key: str) -> None:
+        """Drop an entry (one that no longer validates); a missing one is fine."""
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove describer cache entry %s: %s", path, exc)

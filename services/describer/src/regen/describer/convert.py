@@ -17,7 +17,7 @@ from regen.describer.answers import (
     SceneObject,
 )
 from regen.describer.core import CallReport
-from regen.v1 import describer_pb2
+from regen.v1 import common_pb2, describer_pb2
 
 
 def iut_to_proto(iut: ImageUnderstandingTree) -> describer_pb2.ImageUnderstandingTree:
@@ -58,4 +58,15 @@ def call_info(report: CallReport) -> describer_pb2.CallInfo:
         output_tokens=report.output_tokens,
         elapsed_s=report.elapsed_s,
         attempts=report.attempts,
+        usage=common_pb2.Usage(
+            api_calls=report.usage.api_calls,
+            retries=report.usage.retries,
+            input_tokens=report.usage.input_tokens,
+            output_tokens=report.usage.output_tokens,
+        ),
+        repairs=report.repairs,
+        input_tokens=report.input_tokens,
+        served_model=report.served_model,
+        system_fingerprint=report.system_fingerprint,
+        seed=report.seed,
     )

@@ -5,13 +5,18 @@ Every task follows the same path (`DescriberCore._answer`):
   2. the cache key is computed from the backend identity, template version, task, schema,
      inputs and sampling settings; a cached answer is returned without a model call, and
      identical requests in flight share one model call;
-  3. the model answers under the task's JSON schema; the answer is parsed, checked
-     against the schema and then by the task's own rules (`review`: distinct variants,
-     prompts within the token budget, ...);
+  3. the model answers under the task's JSON schema, every call seeded (a greedy task's
+     seed derives from the cache key); the answer goes through the one validation
+     (`review.check_answer`: parsed with duplicate keys refused, checked against the
+     schema with integers meaning integers, no placeholders or copied instructions,
+     then the task's own rules: distinct variants, prompts within the token budget, ...);
   4. an invalid answer is sent back with the list of problems (bounded by max_repairs);
      one that stays invalid raises BadModelOutput (FAILED_PRECONDITION) with the raw
-     text, never a guessed value;
-  5. a valid answer is cached.
+     text, never a guessed value; a refusal fails at once with the model's words;
+  5. a valid answer is cached. A cached answer is validated again when read; one that
+     fails is removed and answered afresh.
+Every answer reports what it cost (CallReport: attempts, repairs, tokens, API calls, the
+model that served it); a failure carries the same facts in its metadata.
 No transport code here: the gRPC and HTTP adapters (`grpc_api`, `http_api`) both call this.
 """
 
@@ -28,12 +33,12 @@ from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
-from regen.common.errors import BadModelOutput
+from regen.common.errors import BadModelOutput, RegenError
 from regen.common.images import ImageLimits
 from regen.describer import inputs, review, templates
 from regen.describer.answers import Difference, ImageUnderstandingTree, Judgement
 from regen.describer.backends import REGISTRY
-from regen.describer.backends.base import Backend, BackendIdentity, Message, ModelCall
+from regen.describer.backends.base import Backend, BackendIdentity, Completion, Message, ModelCall
 from regen.describer.budget import EstimatedTokens, TokenCounter, token_counter
 from regen.describer.cache import AnswerCache, CachedAnswer, cache_key, default_cache_dir
 from regen.describer.review import Review
@@ -96,16 +101,40 @@ class CoreOptions:
 
 
 @dataclass(frozen=True)
+class CallUsage:
+    """What one request cost now (regen.v1.Usage): zero when served from the cache or by
+    an identical request already in flight."""
+
+    # Remote API requests (each model call of an API backend is one; the describer
+    # never repeats one: the orchestrator is the one retry layer, so retries stay 0).
+    api_calls: int = 0
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class CallReport:
     """How an answer was produced (CallInfo on the wire)."""
 
     cached: bool
     cache_key: str
+    # Tokens the answer took, every model call of it (repairs included), also when it
+    # comes from the cache; what this request cost is `usage`.
     output_tokens: int
     elapsed_s: float
     # Model calls spent on this request, repairs included; 0 when served from the cache
     # or by an identical request already in flight.
     attempts: int
+    # Of those, calls that asked the model to repair an invalid answer.
+    repairs: int = 0
+    input_tokens: int = 0
+    # The first model call's seed (repair k used seed + k).
+    seed: int = 0
+    # The model that answered and the API's system_fingerprint (recorded with a cached answer).
+    served_model: str = ""
+    system_fingerprint: str = ""
+    usage: CallUsage = field(default_factory=CallUsage)
 
 
 @dataclass(frozen=True)
@@ -132,11 +161,55 @@ class _Flight:
     waiters: int = 0
 
 
+@dataclass
+class _Spent:
+    """What the model calls of one request took so far."""
+
+    attempts: int = 0
+    api_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    served_model: str = ""
+    system_fingerprint: str = ""
+
+    def add(self, completion: Completion) -> None:
+        self.api_calls += completion.api_calls
+        self.input_tokens += completion.input_tokens
+        self.output_tokens += completion.output_tokens
+        self.served_model = completion.served_model or self.served_model
+        self.system_fingerprint = completion.system_fingerprint or self.system_fingerprint
+
+    @property
+    def repairs(self) -> int:
+        # Every model call after the first answered an invalid answer's repair request.
+        return max(0, self.attempts - 1)
+
+    def usage(self) -> CallUsage:
+        return CallUsage(self.api_calls, 0, self.input_tokens, self.output_tokens)
+
+    def failed(self, error: RegenError) -> RegenError:
+        """`error` with what the request cost in its metadata (ErrorInfo on the wire)."""
+        return error.with_metadata(
+            attempts=self.attempts,
+            repairs=self.repairs,
+            api_calls=self.api_calls,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            served_model=self.served_model,
+            system_fingerprint=self.system_fingerprint,
+        )
+
+
 @dataclass(frozen=True)
 class _Fresh:
     answer: Any
-    output_tokens: int
-    attempts: int
+    spent: _Spent
+
+
+def greedy_seed(key: str) -> int:
+    """The seed of a greedy task's calls, from its cache key: the same request always
+    sends the same seed (an API may sample a little even at temperature 0)."""
+    return int(key[:8], 16) & 0x7FFF_FFFF
 
 
 class DescriberCore:
@@ -324,20 +397,46 @@ class DescriberCore:
         started = time.monotonic()
         fields = self._key_fields(task)
         key = cache_key(fields)
+        seed = task.seed if task.temperature > 0 else greedy_seed(key)
         if self.cache is not None:
             hit = await asyncio.to_thread(self.cache.get, key)
             if hit is not None:
-                return Result(
-                    task.load(hit.answer),
-                    CallReport(True, key, hit.output_tokens, time.monotonic() - started, 0),
+                instructions = templates.instructions(task.name)
+                value, problems = review.validate(task.schema, task.review, hit.answer, instructions)
+                if not problems:
+                    report = CallReport(
+                        cached=True,
+                        cache_key=key,
+                        output_tokens=hit.output_tokens,
+                        elapsed_s=time.monotonic() - started,
+                        attempts=0,
+                        input_tokens=hit.input_tokens,
+                        seed=seed,
+                        served_model=hit.served_model,
+                        system_fingerprint=hit.system_fingerprint,
+                    )
+                    return Result(task.load(value), report)
+                log.warning(
+                    "%s: cached answer %s fails validation (%s); removed, answering afresh",
+                    task.name,
+                    key[:16],
+                    "; ".join(problems[:3]),
                 )
-        fresh, shared = await self._join(key, lambda: self._fresh(task, key, fields))
+                await asyncio.to_thread(self.cache.remove, key)
+        fresh, shared = await self._join(key, lambda: self._fresh(task, key, fields, seed))
+        spent = fresh.spent
         report = CallReport(
             cached=shared,
             cache_key=key,
-            output_tokens=fresh.output_tokens,
+            output_tokens=spent.output_tokens,
             elapsed_s=time.monotonic() - started,
-            attempts=0 if shared else fresh.attempts,
+            attempts=0 if shared else spent.attempts,
+            repairs=0 if shared else spent.repairs,
+            input_tokens=spent.input_tokens,
+            seed=seed,
+            served_model=spent.served_model,
+            system_fingerprint=spent.system_fingerprint,
+            usage=CallUsage() if shared else spent.usage(),
         )
         return Result(task.load(fresh.answer), report)
 
@@ -365,40 +464,62 @@ class DescriberCore:
         if self._inflight.get(key) is flight:
             self._inflight.pop(key)
 
-    async def _fresh(self, task: _Task, key: str, fields: dict[str, Any]) -> _Fresh:
+    async def _fresh(self, task: _Task, key: str, fields: dict[str, Any], seed: int) -> _Fresh:
         limit = self._token_limit(task.schema)
+        instructions = templates.instructions(task.name)
         messages = task.messages
-        tokens = 0
+        # A local backend's served model is the one it loaded; an API names its own.
+        spent = _Spent(served_model=self.identity.model_id)
         raw = ""
         problems: list[str] = []
         attempts = 1 + self.options.max_repairs
         for attempt in range(1, attempts + 1):
-            completion = await self.backend.complete(
-                ModelCall(
-                    messages=messages,
-                    schema=task.schema,
-                    schema_name=task.name,
-                    max_new_tokens=limit,
-                    temperature=task.temperature,
-                    # A repair samples afresh: the same seed could repeat the same mistake.
-                    seed=task.seed + attempt - 1,
-                )
+            spent.attempts = attempt
+            call = ModelCall(
+                messages=messages,
+                schema=task.schema,
+                schema_name=task.name,
+                max_new_tokens=limit,
+                temperature=task.temperature,
+                # A repair samples afresh: the same seed could repeat the same mistake.
+                seed=seed + attempt - 1,
             )
-            tokens += completion.output_tokens
+            try:
+                completion = await self.backend.complete(call)
+            except RegenError as exc:
+                spent.api_calls += int(exc.metadata.get("api_calls", 0))
+                raise spent.failed(exc) from None
+            spent.add(completion)
             raw = completion.text
-            value, problems = review.check_answer(task.schema, task.review, raw)
+            if completion.refusal:
+                # A refusal is the model's decision, not a malformed answer: asking again
+                # would only be refused again.
+                raise spent.failed(
+                    BadModelOutput(f"{task.name}: the model refused to answer: {completion.refusal}", raw=raw)
+                )
+            value, problems = review.check_answer(task.schema, task.review, raw, instructions)
             if completion.truncated and problems:
                 problems.insert(0, f"the answer was cut off at the limit of {limit} tokens; make it shorter")
             if not problems:
                 if self.cache is not None:
-                    await asyncio.to_thread(self.cache.put, key, fields, CachedAnswer(value, tokens, attempt))
-                return _Fresh(value, tokens, attempt)
+                    entry = CachedAnswer(
+                        value,
+                        spent.output_tokens,
+                        attempt,
+                        spent.input_tokens,
+                        spent.served_model,
+                        spent.system_fingerprint,
+                    )
+                    await asyncio.to_thread(self.cache.put, key, fields, entry)
+                return _Fresh(value, spent)
             log.info("%s: attempt %d/%d invalid: %s", task.name, attempt, attempts, "; ".join(problems[:5]))
             messages = templates.repair(task.messages, raw, problems)
-        raise BadModelOutput(
-            f"{task.name}: the model gave no valid answer in {attempts} attempts; last problems: "
-            + "; ".join(problems[:8]),
-            raw=raw,
+        raise spent.failed(
+            BadModelOutput(
+                f"{task.name}: the model gave no valid answer in {attempts} attempts; last problems: "
+                + "; ".join(problems[:8]),
+                raw=raw,
+            )
         )
 
     async def _image(self, data: bytes, field: str) -> tuple[Image.Image, str]:

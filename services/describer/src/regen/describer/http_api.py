@@ -65,7 +65,19 @@ EXAMPLE_IUT: dict[str, Any] = {
     "relationships": [],
 }
 EXAMPLE_DIFFERENCES = [{"aspect": "content", "description": "the table is missing"}]
-EXAMPLE_CALL = {"cached": False, "cache_key": "0" * 64, "output_tokens": 21, "elapsed_s": 0.8, "attempts": 1}
+EXAMPLE_CALL = {
+    "cached": False,
+    "cache_key": "0" * 64,
+    "output_tokens": 21,
+    "elapsed_s": 0.8,
+    "attempts": 1,
+    "repairs": 0,
+    "input_tokens": 310,
+    "served_model": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "system_fingerprint": "",
+    "seed": 1234567,
+    "usage": {"api_calls": 0, "retries": 0, "input_tokens": 310, "output_tokens": 21},
+}
 
 
 def _example(value: dict[str, Any]) -> ConfigDict:
@@ -73,14 +85,29 @@ def _example(value: dict[str, Any]) -> ConfigDict:
     return ConfigDict(extra="forbid", json_schema_extra={"example": value})
 
 
+class CallUsageBody(bento.StrictModel):
+    """What this request cost now (regen.v1.Usage); zero from the cache or a shared call."""
+
+    api_calls: int = Field(description="Remote API requests (an API backend's model calls)")
+    retries: int = Field(description="Always 0: the describer never repeats a request; its caller retries")
+    input_tokens: int = Field(description="Prompt tokens of this request's model calls")
+    output_tokens: int = Field(description="Answer tokens of this request's model calls")
+
+
 class CallBody(bento.StrictModel):
     """How an answer was produced (CallInfo over gRPC)."""
 
     cached: bool
     cache_key: str
-    output_tokens: int = Field(description="Tokens of every model call of the request, repairs included.")
+    output_tokens: int = Field(description="Tokens of every model call of the answer, repairs included.")
     elapsed_s: float
     attempts: int = Field(description="Model calls spent on this request; 0 from the cache or a shared call.")
+    repairs: int = Field(description="Of those, calls that asked the model to repair an invalid answer.")
+    input_tokens: int = Field(description="Prompt tokens of every model call of the answer, repairs included.")
+    served_model: str = Field(description="The model that answered, as its server names it.")
+    system_fingerprint: str = Field(description="The API's system_fingerprint; empty when not given.")
+    seed: int = Field(description="Seed of the first model call (every call is seeded).")
+    usage: CallUsageBody
 
     @classmethod
     def of(cls, report: CallReport) -> CallBody:

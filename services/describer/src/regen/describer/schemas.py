@@ -4,7 +4,8 @@ One schema per task. The same schema constrains decoding (xgrammar in-process, v
 structured outputs, an API's `response_format`) and validates the answer afterwards, so a
 backend that ignores the constraint still cannot slip an invalid answer through.
 
-Every string is printable ASCII without double quotes or backslashes, bounded by a
+Every string is printable ASCII without double quotes or backslashes, starting with a
+letter (so "...", "-" or "42" is never an answer), bounded by a
 `pattern` rather than `maxLength` (xgrammar ignores `maxLength` next to a pattern, and
 OpenAI's strict mode does not accept it). The pattern keeps out everything that makes
 constrained JSON go wrong: raw control characters, escape sequences, and the
@@ -17,6 +18,7 @@ computable (`max_answer_bytes`), which gives each task its token limit.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -28,8 +30,8 @@ from typing import Any
 from regen.common.describer_json import ASPECTS, FEATURES, OBJECT_TYPES, attributes_of
 
 # Printable ASCII (0x20-0x7e) less the double quote (0x22) and the backslash (0x5c); the
-# first character of a required text is not a space.
-_FIRST_CHAR = "[\\x21\\x23-\\x5b\\x5d-\\x7e]"
+# first character of a text is a letter: a text without one ("...", "-", "3") is no answer.
+_FIRST_CHAR = "[A-Za-z]"
 _TEXT_CHAR = "[\\x20\\x21\\x23-\\x5b\\x5d-\\x7e]"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _QUANTIFIER = re.compile(r"\{(\d+),(\d+)\}")
@@ -56,10 +58,11 @@ class AnswerBounds:
 
 
 def text(max_chars: int, *, required: bool = True) -> dict[str, Any]:
-    """A string of at most `max_chars` characters; `required` ones start with a non-space."""
-    if required:
-        return {"type": "string", "pattern": f"^{_FIRST_CHAR}{_TEXT_CHAR}{{0,{max_chars - 1}}}$"}
-    return {"type": "string", "pattern": f"^{_TEXT_CHAR}{{0,{max_chars}}}$"}
+    """A string of at most `max_chars` characters that starts with a letter; one not
+    `required` may also be empty."""
+    body = f"{_FIRST_CHAR}{_TEXT_CHAR}{{0,{max_chars - 1}}}"
+    # "(body|)", not "(body)?": xgrammar reads the latter as any string at all.
+    return {"type": "string", "pattern": f"^{body}$" if required else f"^({body}|)$"}
 
 
 def _choice(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -214,10 +217,10 @@ def _describe(error) -> str:
     where = _path(list(error.absolute_path))
     if error.validator == "pattern":
         limit = _pattern_max_chars(error.validator_value)
-        required = "non-empty " if error.validator_value.startswith("^" + _FIRST_CHAR) else ""
+        kind = "a non-empty text" if error.validator_value.startswith("^" + _FIRST_CHAR) else "empty or a text"
         return (
-            f"{where}: must be {required}plain ASCII text of at most {limit} characters (now {len(error.instance)}), "
-            "without double quotes, backslashes or line breaks"
+            f"{where}: must be {kind} of at most {limit} characters (now {len(error.instance)}) that starts with "
+            "a letter, in plain ASCII without double quotes, backslashes or line breaks"
         )
     if error.validator in ("minItems", "maxItems"):
         count = len(error.instance) if isinstance(error.instance, list) else "?"
@@ -229,11 +232,21 @@ def _describe(error) -> str:
     return f"{where}: {error.message}"
 
 
+@functools.cache
+def _strict_validator() -> Any:
+    """Draft 2020-12 with one change: "integer" means a JSON integer. The draft also
+    accepts 4.0, which is then stored as a float and cannot be an int32 score."""
+    from jsonschema import Draft202012Validator, validators  # here, so backends need not install it
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return validators.extend(Draft202012Validator, type_checker=checker)
+
+
 def schema_problems(schema: dict[str, Any], value: Any) -> list[str]:
     """Every violation of `schema` in `value`, as short readable lines (empty: valid)."""
-    from jsonschema import Draft202012Validator  # here, so backends need not install it
-
-    validator = Draft202012Validator(schema)
+    validator = _strict_validator()(schema)
     problems = [_describe(e) for e in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))]
     for where, string in _strings(value, []):
         if _CONTROL_CHARS.search(string):
@@ -252,10 +265,31 @@ def _strings(value: Any, where: list[Any]) -> Iterator[tuple[list[Any], str]]:
             yield from _strings(item, [*where, index])
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise DuplicateKey(key)
+        value[key] = item
+    return value
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses an object with a key twice (DuplicateKey): plain json.loads
+    keeps the last, so `{"score": 7, "score": 4}` would silently read as 4. Raw control
+    characters inside strings are tolerated here; the schema check reports them."""
+    return json.loads(text, strict=False, object_pairs_hook=_refuse_duplicates)
+
+
 def parse_json_answer(raw: str) -> tuple[Any, str | None]:
     """Parse a model's JSON answer leniently: surrounding prose or code fences are cut
     away and raw control characters inside strings are tolerated here (the schema check
-    then reports them). Returns (value, None) or (None, problem)."""
+    then reports them); a key given twice is a problem. Returns (value, None) or (None,
+    problem)."""
     body = raw.strip()
     if body.startswith("```"):
         body = body.split("\n", 1)[1] if "\n" in body else ""
@@ -264,6 +298,8 @@ def parse_json_answer(raw: str) -> tuple[Any, str | None]:
     if start < 0 or end <= start:
         return None, "the answer contains no JSON object"
     try:
-        return json.loads(body[start : end + 1], strict=False), None
+        return loads_strict(body[start : end + 1]), None
+    except DuplicateKey as exc:
+        return None, f"the key {exc.args[0]!r} appears twice in one object; give every key once"
     except json.JSONDecodeError as exc:
         return None, f"the answer is not valid JSON ({exc.msg} at character {exc.pos})"

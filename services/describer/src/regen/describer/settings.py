@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -18,6 +18,8 @@ class DescriberSettings(ServiceSettings):
     # or of an installed plugin; checked when the core is built.
     backend: str = "transformers"
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    # Part of every cache key. For an API model, pin a dated model name
+    # (gpt-4o-2024-08-06) or set this: an undated alias may move to another model.
     revision: str | None = None
     # Cap on generated tokens per model call; each task's own limit is the longest answer
     # its schema allows, so a larger value never lets an answer run on.
@@ -51,6 +53,9 @@ class DescriberSettings(ServiceSettings):
     api_key_env: str = "OPENAI_API_KEY"
     api_key_file: Path | None = None
     api_timeout_s: float = Field(120.0, gt=0)
+    # The request field of the token limit: auto is max_completion_tokens for OpenAI's own
+    # API (its newer models refuse max_tokens) and max_tokens for other servers.
+    api_token_parameter: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
 
     @classmethod
     def tiny_preset(cls, models: Path) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from regen.describer.backends.base import Message
 from regen.describer.budget import SPECIAL_TOKENS
 from regen.describer.schemas import MAX_OBJECTS, AnswerBounds
 
-TEMPLATE_NUMBER = 1
+# 2: the judge's format example names no scores (a copied example was a valid 3/3).
+TEMPLATE_NUMBER = 2
 
 SYSTEM = (
     "You are the vision-language model of an image-regeneration benchmark. You look at images closely, "
@@ -68,7 +69,7 @@ JUDGE = """The first image is the reference; the second is an attempt to regener
 - content_consistency, 1 to 5: how well it matches the reference in subjects, attributes, layout and style. 5: the same scene with only minor deviations; 4: the same scene with a few visible differences; 3: the main subject matches but much else differs; 2: only loosely related; 1: unrelated.
 - perceptual_quality, 1 to 5, of the second image alone: 5: clean and coherent, no artefacts; 4: small flaws; 3: visible artefacts or distortions; 2: severe artefacts; 1: broken or unrecognisable.
 - rationale: one or two sentences that justify both scores, written before them (at most {text} characters).
-Format: {{"rationale": "...", "content_consistency": 3, "perceptual_quality": 3}}"""
+Format: {{"rationale": "...", "content_consistency": <integer 1 to 5>, "perceptual_quality": <integer 1 to 5>}}"""
 
 REPAIR = """Your answer could not be used:
 {problems}
@@ -79,6 +80,24 @@ BUDGET = (
     "commas counted as tokens), at most {chars} characters."
 )
 NO_BUDGET = "Keep the prompt under {chars} characters."
+
+
+# What each task's model reads besides its inputs: an answer that copies a phrase of it
+# is the template echoed, not an answer (review.non_answers).
+INSTRUCTIONS: dict[str, str] = {
+    "understand": UNDERSTAND,
+    "write_prompt": WRITE_PROMPT + BUDGET + NO_BUDGET,
+    "variants": VARIANTS + BUDGET + NO_BUDGET,
+    "compare": COMPARE + COMPARE_NO_PROMPT,
+    "revise": REVISE + BUDGET + NO_BUDGET,
+    "judge": JUDGE,
+}
+
+
+def instructions(task: str) -> str:
+    """The fixed text the model reads for `task`: the system message, the task's template
+    and the repair request."""
+    return "\n".join((SYSTEM, INSTRUCTIONS[task], REPAIR))
 
 
 def _digest() -> str:

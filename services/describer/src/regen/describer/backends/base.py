@@ -46,7 +46,8 @@ class ModelCall:
     schema: dict[str, Any] | None
     schema_name: str
     max_new_tokens: int
-    # 0: greedy. Otherwise sampled with `seed`, reproducibly.
+    # 0: greedy. Otherwise sampled with `seed`, reproducibly. Every call carries a seed,
+    # greedy ones too (an API may not decode greedily at temperature 0).
     temperature: float = 0.0
     seed: int = 0
     # Benchmarks force a fixed output length; answers never need it.
@@ -63,6 +64,17 @@ class Completion:
     output_tokens: int
     # The answer hit the token limit before it ended.
     truncated: bool = False
+    # Tokens of the chat the model read (the API's prompt_tokens; counted by a local
+    # backend); 0 when unknown.
+    input_tokens: int = 0
+    # Remote API requests this completion took (1 for an API backend, 0 for a local model).
+    api_calls: int = 0
+    # The model that answered as its server names it (an API's `model`: the dated snapshot
+    # behind an alias), and the API's system_fingerprint; empty when not given.
+    served_model: str = ""
+    system_fingerprint: str = ""
+    # The model declined to answer (an API's message.refusal): its words.
+    refusal: str = ""
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,29 @@ retries UNAVAILABLE and RESOURCE_EXHAUSTED with backoff). The answers map to sta
 408/409/5xx, timeouts and dropped connections UNAVAILABLE, 401 UNAUTHENTICATED naming the
 key's setting, 403 PERMISSION_DENIED, and any other 4xx FAILED_PRECONDITION
 (`RequestRefused`): the API refused a request the describer built, which is neither the
-caller's input nor transient, so it is never retried.
+caller's input nor transient, so it is never retried. An answer without choices is the
+model failing (FAILED_PRECONDITION, never retried); a refusal (`message.refusal`) comes
+back as the Completion's `refusal`, which the core turns into FAILED_PRECONDITION with the
+model's words.
+
+Reproducibility: every request carries a seed (greedy ones too); each Completion names the
+model that served it (`response.model`, the snapshot behind an alias) and the API's
+system_fingerprint. The cache key holds the model name and the revision: a dated model
+name (gpt-4o-2024-08-06) pins the model, an undated alias (gpt-4o) may move under the
+cache, so it is logged as a warning; set `revision` to pin it yourself.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from regen.common.batching import BatchStats
-from regen.common.errors import RegenError, UpstreamError
+from regen.common.errors import BadModelOutput, RegenError
 from regen.common.identity import model_revision
 from regen.common.images import encode_png
 from regen.common.remote_api import api_error, read_api_key
@@ -36,6 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPENAI_URL = "https://api.openai.com/v1"
+# A dated snapshot in a model name: gpt-4o-2024-08-06, claude-3-5-sonnet-20241022, gpt-4-0613.
+DATED_MODEL = re.compile(r"(?:^|[-_@.])(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})(?:$|[-_.])")
+# What the API's revision is when the model name pins nothing and no revision is set.
+UNPINNED = "unpinned"
 KEY_SETTINGS = "the environment variable named by api_key_env (default OPENAI_API_KEY) or api_key_file"
 
 
@@ -46,6 +60,20 @@ class RequestRefused(RegenError):
 
     status = "FAILED_PRECONDITION"
     http_status = 422
+
+
+def pinned(model: str) -> bool:
+    """Whether a model name names a dated snapshot (which the API does not move)."""
+    return DATED_MODEL.search(model) is not None
+
+
+def token_parameter(setting: str, base_url: str) -> str:
+    """The request field of the token limit: OpenAI's own API wants max_completion_tokens
+    (its newer models refuse max_tokens); other servers (vLLM, transformers serve) take
+    max_tokens. `setting` "auto" picks by the URL."""
+    if setting != "auto":
+        return setting
+    return "max_completion_tokens" if base_url.startswith(OPENAI_URL) else "max_tokens"
 
 
 def image_part(image) -> dict[str, Any]:
@@ -77,6 +105,7 @@ class OpenAIBackend:
         timeout_s: float,
         key_setting: str = KEY_SETTINGS,
         client: Any = None,
+        token_param: str = "auto",
     ) -> None:
         from openai import AsyncOpenAI
 
@@ -93,6 +122,7 @@ class OpenAIBackend:
         )
         self.model = model
         self.key_setting = key_setting
+        self.token_param = token_parameter(token_param, self.base_url)
         self.identity = BackendIdentity(
             backend="openai",
             model_id=model,
@@ -102,20 +132,35 @@ class OpenAIBackend:
             extra={"base_url": self.base_url},
         )
         self._counter = CallCounter()
+        self._fingerprints: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: DescriberSettings) -> OpenAIBackend:
         # A local model folder served by `vllm serve` or `transformers serve` is
-        # identified by its files; a hosted model by the settings' revision, else "api".
+        # identified by its files; a hosted model by the settings' revision, else by its
+        # dated name, else it is unpinned (warned: the name may move to another model).
         local = Path(settings.model).expanduser().exists()
         api_key, key_setting = read_api_key(settings.api_key_env, settings.api_key_file)
+        revision = settings.revision or (model_revision(settings.model) if local else None)
+        if revision is None and pinned(settings.model):
+            revision = settings.model
+        if revision is None:
+            log.warning(
+                "describer: model %r names no dated snapshot and describer.revision is not set: if the API moves "
+                "this name to another model, cached answers of the old one are replayed. Pin a dated model name "
+                "(e.g. gpt-4o-2024-08-06) or set describer.revision; the served model and system_fingerprint "
+                "are recorded with every answer",
+                settings.model,
+            )
+            revision = UNPINNED
         return cls(
             settings.model,
             base_url=settings.api_base_url,
             api_key=api_key,
-            revision=settings.revision or (model_revision(settings.model) if local else "api"),
+            revision=revision,
             timeout_s=settings.api_timeout_s,
             key_setting=key_setting,
+            token_param=settings.api_token_parameter,
         )
 
     def stats(self) -> BatchStats:
@@ -128,11 +173,11 @@ class OpenAIBackend:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": chat_messages(call.messages),
-            "max_tokens": call.max_new_tokens,
+            self.token_param: call.max_new_tokens,
             "temperature": call.temperature,
+            # Greedy calls too: an API may sample a little even at temperature 0.
+            "seed": call.seed,
         }
-        if call.temperature > 0:
-            request["seed"] = call.seed
         if call.schema is not None:
             request["response_format"] = {
                 "type": "json_schema",
@@ -148,16 +193,43 @@ class OpenAIBackend:
         try:
             response = await self._client.chat.completions.create(**request)
         except openai.APIError as exc:
-            raise self.api_error(exc) from None
+            raise self.api_error(exc).with_metadata(api_calls=1) from None
         finally:
             self._counter.record(started)
-        choice = response.choices[0] if response.choices else None
-        if choice is None:
-            raise UpstreamError(f"describer: the chat API at {self.base_url} answered without choices")
-        text = choice.message.content or ""
+        if not response.choices:
+            # The API answered, but with no answer: the model failed; asking again is the
+            # orchestrator's decision, not a transient outage.
+            raise BadModelOutput(f"describer: the chat API at {self.base_url} answered without choices").with_metadata(
+                api_calls=1
+            )
+        choice = response.choices[0]
         usage = getattr(response, "usage", None)
-        tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        return Completion(text=text, output_tokens=tokens, truncated=choice.finish_reason == "length")
+        fingerprint = str(getattr(response, "system_fingerprint", "") or "")
+        self._check_fingerprint(fingerprint)
+        return Completion(
+            text=choice.message.content or "",
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            truncated=choice.finish_reason == "length",
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            api_calls=1,
+            served_model=str(getattr(response, "model", "") or ""),
+            system_fingerprint=fingerprint,
+            refusal=str(getattr(choice.message, "refusal", "") or ""),
+        )
+
+    def _check_fingerprint(self, fingerprint: str) -> None:
+        """A revision set to a system_fingerprint ("fp_...") pins the API's configuration:
+        answers from another are kept (and record theirs) but logged, once each."""
+        pinned_fp = self.identity.revision
+        if not pinned_fp.startswith("fp_") or fingerprint in ("", pinned_fp, *self._fingerprints):
+            return
+        self._fingerprints.add(fingerprint)
+        log.warning(
+            "describer: the chat API at %s answered with system_fingerprint %s, not %s (describer.revision)",
+            self.base_url,
+            fingerprint,
+            pinned_fp,
+        )
 
     def api_error(self, exc: Exception) -> RegenError:
         """The status an error of the chat API stands for (regen.common.remote_api); a

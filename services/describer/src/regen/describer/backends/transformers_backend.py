@@ -204,7 +204,12 @@ class TransformersBackend:
         with torch.inference_mode():
             output = self.model.generate(**inputs, generation_config=generation_config, logits_processor=[control])
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        return [self._completion(row, cut) for row, cut in zip(new_tokens, control.cut, strict=True)]
+        # The rows are left-padded: a row's prompt is its unmasked tokens.
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._completion(row, cut, int(read))
+            for row, cut, read in zip(new_tokens, control.cut, prompt_tokens, strict=True)
+        ]
 
     def _generation_config(self, max_new_tokens: int):
         config = self.model.generation_config.__class__.from_dict(self.model.generation_config.to_dict())
@@ -221,8 +226,10 @@ class TransformersBackend:
         config.pad_token_id = self.pad_id
         return config
 
-    def _completion(self, tokens: list[int], cut: bool) -> Completion:
+    def _completion(self, tokens: list[int], cut: bool, input_tokens: int) -> Completion:
         stop = next((k for k, token in enumerate(tokens) if token in self.stop_ids), None)
         answer = tokens if stop is None else tokens[:stop]
         text = self.tokenizer.decode(answer, skip_special_tokens=True)
-        return Completion(text=text, output_tokens=len(answer), truncated=cut or stop is None)
+        return Completion(
+            text=text, output_tokens=len(answer), truncated=cut or stop is None, input_tokens=input_tokens
+        )

@@ -105,7 +105,7 @@ class VLLMBackend:
             structured = StructuredOutputsParams(json=call.schema, disable_any_whitespace=True)
         return SamplingParams(
             temperature=call.temperature,
-            seed=call.seed if call.temperature > 0 else None,
+            seed=call.seed,
             max_tokens=call.max_new_tokens,
             min_tokens=call.min_new_tokens,
             structured_outputs=structured,
@@ -126,5 +126,8 @@ class VLLMBackend:
             raise RuntimeError("vLLM returned no output")
         sample = final.outputs[0]
         return Completion(
-            text=sample.text, output_tokens=len(sample.token_ids), truncated=sample.finish_reason == "length"
+            text=sample.text,
+            output_tokens=len(sample.token_ids),
+            truncated=sample.finish_reason == "length",
+            input_tokens=len(final.prompt_token_ids or ()),
         )
