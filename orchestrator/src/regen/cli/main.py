@@ -264,7 +264,10 @@ def run(
     candidates: Annotated[int | None, _run_option("candidates", "Prompt variants (images) per round.")] = None,
     seed: Annotated[int | None, _run_option("seed", "Run seed; every image seed derives from it.")] = None,
     limit: Annotated[int | None, _run_option("limit", "Run only the first N cases.", unset="all")] = None,
-    concurrency: Annotated[int | None, _run_option("concurrency", "Cases in flight at once.")] = None,
+    concurrency: Annotated[
+        str | None,
+        _run_option("concurrency", "Cases in flight: auto (the generator's backpressure) or a number."),
+    ] = None,
     run_name: Annotated[
         str | None,
         _run_option("run_name", "Folder name of the run.", unset="derived from the configuration"),
@@ -306,7 +309,7 @@ def run(
     import logging
 
     from regen.common.settings import load_settings
-    from regen.orchestrator.clients import RunStopped
+    from regen.orchestrator.clients import RunStopped, ServiceDown
     from regen.orchestrator.launcher import LaunchError
     from regen.orchestrator.preflight import check_run
     from regen.orchestrator.progress import make_reporter
@@ -334,6 +337,14 @@ def run(
         _fail(str(exc))
     except RunStopped as exc:
         _fail(f"the run stopped: {exc}\nfix that, then run the same command again to resume")
+    except ServiceDown as exc:
+        typer.secho(
+            f"error: the run stopped: {exc}\nnothing was recorded against the model; finished cases are kept: "
+            "run the same command again to resume once the service is back",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(3) from None
     except KeyboardInterrupt:
         typer.secho("interrupted; run the same command again to resume", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 class Admission:
@@ -53,3 +55,101 @@ class Admission:
     def images_settled(self) -> None:
         """Images arrived (or their request failed): the generator has room again."""
         self._changed.set()
+
+
+@dataclass
+class Ticket:
+    """One case's place: whether it got past admission (else it holds a preparing slot)."""
+
+    admitted: bool = False
+
+
+class Gate(Protocol):
+    @property
+    def peak_in_flight(self) -> int: ...
+
+    async def start(self) -> Ticket: ...
+
+    async def admit(self, ticket: Ticket, images: int) -> None: ...
+
+    def finish(self, ticket: Ticket) -> None: ...
+
+
+class FixedGate:
+    """`concurrency: N`: at most N cases in flight, from their first step to their last."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    async def start(self) -> Ticket:
+        await self._slots.acquire()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        return Ticket()
+
+    async def admit(self, ticket: Ticket, images: int) -> None:
+        ticket.admitted = True
+
+    def finish(self, ticket: Ticket) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+
+class AdaptiveGate:
+    """`concurrency: auto`: up to `prepare_ahead` cases do their generator-independent
+    steps ahead (CaseRunner.prepare); a prepared case then waits for Admission."""
+
+    def __init__(self, admission: Admission, prepare_ahead: int) -> None:
+        self.admission = admission
+        self._preparing = asyncio.Semaphore(prepare_ahead)
+
+    @property
+    def peak_in_flight(self) -> int:
+        return self.admission.peak_in_flight
+
+    async def start(self) -> Ticket:
+        await self._preparing.acquire()
+        return Ticket()
+
+    async def admit(self, ticket: Ticket, images: int) -> None:
+        try:
+            await self.admission.enter(images)
+        finally:
+            self._preparing.release()
+        ticket.admitted = True
+
+    def finish(self, ticket: Ticket) -> None:
+        if ticket.admitted:
+            self.admission.leave()
+        else:
+            self._preparing.release()
+
+
+def make_gate(settings: Any, clients: Any, loop_settings: Any) -> Gate:
+    """The gate `settings.concurrency` asks for: a number, or "auto" (backpressure)."""
+    if settings.concurrency != "auto":
+        return FixedGate(int(settings.concurrency))
+    generator = clients.generator
+    listed = len(generator.address.split(",")) if "," in generator.address else 1
+
+    def target_images() -> int:
+        # Two batches per replica: the one running and the next, queued.
+        replicas = max(listed, len(generator.ledger.replicas), 1)
+        return 2 * max(loop_settings.generator_max_batch, 1) * replicas
+
+    admission = Admission(
+        target_images=target_images,
+        outstanding=lambda: generator.outstanding.count,
+        max_in_flight=settings.max_cases_in_flight,
+    )
+
+    def on_change(delta: int) -> None:
+        if delta > 0:
+            admission.images_requested(delta)
+        else:
+            admission.images_settled()
+
+    generator.outstanding.listeners.append(on_change)
+    return AdaptiveGate(admission, settings.prepare_ahead)

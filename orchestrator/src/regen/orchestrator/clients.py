@@ -55,12 +55,17 @@ class ServiceError(RuntimeError):
         super().__init__(f"{service}.{method} failed{tries}: {code.name}: {details}")
 
 
-class RunStopped(ServiceError):
-    """A service's remote API refused its credentials or this account: no case can
-    succeed, so the run stops at once (exit status 2) and says what to fix."""
+class RunInterrupted(ServiceError):
+    """No case can go on: the run stops at once, cancels the cases in flight without
+    recording anything against the model, and resumes when run again."""
 
 
-class ServiceDown(ServiceError):
+class RunStopped(RunInterrupted):
+    """A service's remote API refused its credentials or this account (exit status 2:
+    the message says what to fix)."""
+
+
+class ServiceDown(RunInterrupted):
     """A service stayed unavailable for the whole outage budget. The run stops without
     recording anything against the model; it resumes when run again."""
 

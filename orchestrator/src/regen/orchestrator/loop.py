@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from regen.common.describer_json import differences_to_json, iut_to_json
 from regen.orchestrator import outcomes, usage
-from regen.orchestrator.clients import Clients, RunStopped, ServiceError
+from regen.orchestrator.clients import Clients, RunInterrupted, ServiceError
 from regen.orchestrator.dataset import Case, load_reference_png
 from regen.orchestrator.replies import ContractViolation, ExpectedImage
 from regen.orchestrator.results import RunLayout, atomic_write_bytes, atomic_write_json
@@ -207,6 +207,17 @@ class RoundRecord:
         }
 
 
+@dataclass
+class Prepared:
+    """A case's generator-independent start: its reference, and round 1 with its
+    variants drawn (CaseRunner.prepare)."""
+
+    reference: bytes
+    first_round: RoundRecord
+    # perf_counter() when the case started, for its total time.
+    started: float
+
+
 def _call_record(call: describer_pb2.CallInfo) -> dict[str, Any]:
     return {"cached": call.cached, "attempts": call.attempts, "output_tokens": call.output_tokens}
 
@@ -242,10 +253,24 @@ class CaseRunner:
         self.usage = usage.CaseUsage()
 
     async def run(self) -> dict[str, Any]:
+        """The whole case; returns final_metrics.json's content."""
+        return await self.finish(await self.prepare())
+
+    async def prepare(self) -> Prepared:
+        """What does not depend on the generator: the reference, its IUT, the first prompt
+        and round 1's variants. A run does this ahead for upcoming cases, so the generator
+        is fed from its first second."""
+        return await self._guarded(self._prepare())
+
+    async def finish(self, prepared: Prepared) -> dict[str, Any]:
+        """The rounds (round 1 from `prepared`), the judge and final_metrics.json."""
+        return await self._guarded(self._finish(prepared))
+
+    async def _guarded(self, work: Awaitable[T]) -> T:
         usage.CURRENT.set(self.usage)  # this case's task: every call it makes is counted here
         try:
-            return await self._run()
-        except (CaseFailed, RunStopped):
+            return await work
+        except (CaseFailed, RunInterrupted):
             raise
         except (ServiceError, ContractViolation) as exc:
             raise CaseFailed(self.stage, str(exc), round_index=self.round, cause=exc) from exc
@@ -264,22 +289,29 @@ class CaseRunner:
             round_timings[f"{stage}_s"] = elapsed
         return result
 
-    async def _run(self) -> dict[str, Any]:
+    async def _prepare(self) -> Prepared:
         started = time.perf_counter()
         reference = await self._stage("load", asyncio.to_thread(load_reference_png, self.case))
         iut = (await self._stage("understand", self.describer.understand(reference))).iut
         await self._write_json(self.layout.iut_file(self.case.id), iut_to_json(iut))
         written = await self._stage("write_prompt", self.describer.write_prompt(iut, self.settings.token_budget))
-        rounds = await self._rounds(reference, written.prompt)
+        self.round = 1
+        first = self._new_round(1, written.prompt, "write_prompt")
+        first.candidates = await self._variants(first)
+        return Prepared(reference, first, started)
+
+    async def _finish(self, prepared: Prepared) -> dict[str, Any]:
+        reference = prepared.reference
+        rounds = await self._rounds(reference, prepared.first_round)
         self.round = None
         best = rounds[-1].best_so_far
         if best is None:
             # The model's answer, not a failure: a finished case that counts with penalties.
-            refused = self._refused_record(rounds, started)
+            refused = self._refused_record(rounds, prepared.started)
             await self._write_json(self.layout.final_metrics_file(self.case.id), refused)
             return refused
         judged = await self._judge(reference, best)
-        final = self._final_record(best, judged, rounds, started)
+        final = self._final_record(best, judged, rounds, prepared.started)
         await asyncio.to_thread(
             atomic_write_bytes, self.layout.final_dir(self.case.id) / "best_image.png", best.candidate.png
         )
@@ -287,26 +319,33 @@ class CaseRunner:
         await self._write_json(self.layout.final_metrics_file(self.case.id), final)
         return final
 
-    async def _rounds(self, reference: bytes, prompt: str) -> list[RoundRecord]:
+    def _new_round(self, r: int, prompt: str, source: str) -> RoundRecord:
+        return RoundRecord(self.case.id, r, prompt, source, variants_seed(self.settings.run_seed, self.case.id, r))
+
+    async def _rounds(self, reference: bytes, first: RoundRecord) -> list[RoundRecord]:
         records: list[RoundRecord] = []
-        source = "write_prompt"
         best: Best | None = None
+        record = first
         for r in range(1, self.settings.rounds + 1):
             self.round = r
-            record = await self._round(r, reference, prompt, source, best)
+            if r > 1:
+                # With every candidate refused there is nothing to compare: the next round
+                # draws new variants of the same prompt (their seed changes with the round).
+                previous = records[-1]
+                prompt, source = previous.prompt, previous.prompt_source
+                if previous.revised_prompt is not None:
+                    prompt, source = previous.revised_prompt, f"revise(iteration_{r - 1})"
+                record = self._new_round(r, prompt, source)
+                record.candidates = await self._variants(record)
+            await self._round(record, reference, best)
             await self._write_json(self.layout.iteration_dir(self.case.id, r) / "metadata.json", record.record())
             records.append(record)
             best = record.best_so_far
-            # With every candidate refused there is nothing to compare: the next round
-            # draws new variants of the same prompt (their seed changes with the round).
-            if record.revised_prompt is not None:
-                prompt, source = record.revised_prompt, f"revise(iteration_{r})"
         return records
 
-    async def _round(self, r: int, reference: bytes, prompt: str, source: str, best_before: Best | None) -> RoundRecord:
-        """Variants -> Generate -> Score -> the round's best -> (not last) Compare -> Revise."""
-        record = RoundRecord(self.case.id, r, prompt, source, variants_seed(self.settings.run_seed, self.case.id, r))
-        record.candidates = await self._variants(record)
+    async def _round(self, record: RoundRecord, reference: bytes, best_before: Best | None) -> None:
+        """Generate -> Score -> the round's best -> (not last) Compare -> Revise."""
+        r = record.round
         await self._stage("generate", self._generate(record.candidates), record.timings)
         iteration = self.layout.iteration_dir(self.case.id, r)
         await asyncio.to_thread(_write_images, {iteration / c.file: c.png for c in record.candidates if c.png})
@@ -317,7 +356,6 @@ class CaseRunner:
             await asyncio.to_thread(atomic_write_bytes, iteration / "best_image.png", record.best.candidate.png)
         if r < self.settings.rounds and record.best_so_far is not None:
             await self._revise(reference, record.best_so_far, record)
-        return record
 
     async def _variants(self, record: RoundRecord) -> list[Candidate]:
         s = self.settings

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from regen.orchestrator.admission import Gate, make_gate
 from regen.orchestrator.aggregate import aggregate
-from regen.orchestrator.clients import Clients, RunStopped
+from regen.orchestrator.clients import Clients, RunInterrupted
 from regen.orchestrator.dataset import Case, Dataset, resolve_dataset
 from regen.orchestrator.identity import (
     check_or_write_run_file,
@@ -214,19 +215,25 @@ async def _busy(clients: Clients) -> dict[str, dict[str, float]]:
 
 
 async def _run_case(
-    case: Case, clients: Clients, loop_settings: LoopSettings, layout: RunLayout, reporter: Reporter
+    case: Case, clients: Clients, loop_settings: LoopSettings, layout: RunLayout, reporter: Reporter, gate: Gate
 ) -> None:
-    """One case from a clean folder; a failure is recorded in its error.json, not raised."""
-    await asyncio.to_thread(layout.reset_case, case.id)
+    """One case from a clean folder; a failure is recorded in its error.json, not raised.
+    `gate` decides when the case starts, and when its generator work may begin."""
+    ticket = await gate.start()
     runner = CaseRunner(clients, loop_settings, layout, case, on_stage=reporter.stage)
     try:
-        final = await runner.run()
+        await asyncio.to_thread(layout.reset_case, case.id)
+        prepared = await runner.prepare()
+        await gate.admit(ticket, images=loop_settings.candidates)
+        final = await runner.finish(prepared)
     except CaseFailed as failure:
         record = {"case": case.id, "file": case.path.name, "status": "failed", "failure": failure.record()}
         record["usage"] = runner.usage.record()
         await asyncio.to_thread(atomic_write_json, layout.error_file(case.id), record)
         reporter.case_failed(case.id, f"{failure.stage}: {failure}")
         return
+    finally:
+        gate.finish(ticket)
     if final["status"] == REFUSED:
         reporter.case_done(case.id, f"refused: the generator refused all {final['candidates']['total']} candidates")
         return
@@ -247,20 +254,17 @@ async def _run_cases(
     todo = [case for case in cases if not layout.is_done(case.id)]
     skipped = len(cases) - len(todo)
     busy_before = await _busy(clients)
-    semaphore = asyncio.Semaphore(settings.concurrency)
+    gate = make_gate(settings, clients, loop_settings)
     work_started = time.monotonic()
-
-    async def one(case: Case) -> None:
-        async with semaphore:
-            await _run_case(case, clients, loop_settings, layout, reporter)
 
     reporter.start(len(cases), skipped)
     try:
-        # A RunStopped (credentials refused) cancels every case in flight: none can succeed.
+        # A RunInterrupted (credentials refused, a service down past the outage budget)
+        # cancels every case in flight: none can go on.
         async with asyncio.TaskGroup() as group:
             for case in todo:
-                group.create_task(one(case))
-    except* RunStopped as stopped:
+                group.create_task(_run_case(case, clients, loop_settings, layout, reporter, gate))
+    except* RunInterrupted as stopped:
         raise stopped.exceptions[0] from None
     finally:
         reporter.stop()
@@ -274,6 +278,9 @@ async def _run_cases(
         "cases_wall_s": time.monotonic() - work_started,
         "cases_run": len(todo),
         "services": services,
+        # Calls, images and seconds with calls open, per replica that answered.
+        "replicas": clients.replicas(),
+        "peak_cases_in_flight": gate.peak_in_flight,
     }
     benchmark = aggregate(layout, cases, run=run_info, timings=timings)
     atomic_write_json(layout.benchmark_file, benchmark)

@@ -108,7 +108,14 @@ class OrchestratorSettings(SectionSettings):
     candidates: int = Field(3, ge=1, le=64)
     seed: int = Field(0, ge=0, lt=2**63)
     limit: int | None = Field(None, ge=1)
-    concurrency: int = Field(8, ge=1, le=1024)
+    # Cases in flight: "auto" admits cases while the generator has fewer than two batches
+    # per replica asked for and not received (so it never idles), up to
+    # max_cases_in_flight; a number fixes it.
+    concurrency: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    max_cases_in_flight: int = Field(256, ge=1)
+    # With "auto": cases whose generator-independent steps (understand, first prompt,
+    # round 1's variants) run ahead, waiting to be admitted.
+    prepare_ahead: int = Field(32, ge=1)
     # Selection score = sum of weight * metric over these scorer metric names; a mapping,
     # or the text form `clip=0.5,dinov2=0.5`.
     selection_weights: Annotated[dict[str, float], NoDecode] = Field(
