@@ -60,3 +60,29 @@ def test_a_hundred_cases_build_fast_and_filter_fast(tmp_path, fake_run):
     finally:
         browser.close()
         playwright.stop()
+
+
+def test_the_leaderboard_page_marks_significant_differences(tmp_path, fake_run):
+    """8 paired cases where one generator is 0.1 better on each: the page marks it."""
+    from regen.orchestrator.compare import write_leaderboard
+
+    base = [0.30, 0.42, 0.51, 0.38, 0.61, 0.47, 0.55, 0.33]
+    runs = [
+        fake_run(tmp_path, "a", {f"{'ab'[i % 2]}_{i}": ("done", v + 0.1) for i, v in enumerate(base)}, steps=8),
+        fake_run(tmp_path, "b", {f"{'ab'[i % 2]}_{i}": ("done", v) for i, v in enumerate(base)}, steps=4),
+    ]
+    _board, out = write_leaderboard(runs, tmp_path / "board")
+    playwright, browser = launch()
+    try:
+        page = open_page(browser, out / "leaderboard.html")
+        view = page.page
+        row = view.inner_text('#leaderboard tr[data-generator="fake-sd steps=8"]')
+        assert "▲ fake-sd steps=4" in row
+        assert "significant: fake-sd steps=8 better" in view.inner_text('details[data-metric="selection"]')
+        count, failed = page.all_images_loaded()
+        assert count == 8 * 3 and failed == []
+        assert page.problems == []
+        page.screenshot(tmp_path / "leaderboard-significant.png")
+    finally:
+        browser.close()
+        playwright.stop()
