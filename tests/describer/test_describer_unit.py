@@ -384,6 +384,21 @@ def test_cache_persists_across_cores_and_keys_follow_every_input(tmp_path):
     assert len(keys) == 3
 
 
+def test_a_greedy_judge_ignores_the_seed_and_a_sampling_one_draws_with_it(tmp_path):
+    answer = json.dumps({"rationale": "close match", "content_consistency": 4, "perceptual_quality": 5})
+    greedy = ScriptedBackend(answer)
+    core = make_core(greedy, AnswerCache(tmp_path / "greedy"))
+    one, other = (asyncio.run(core.judge(png(), png((0, 0, 0)), seed=seed)) for seed in (1, 2))
+    assert other.call.cached and other.call.cache_key == one.call.cache_key and len(greedy.calls) == 1
+    assert greedy.calls[0].temperature == 0 and greedy.calls[0].seed == one.call.seed
+
+    sampled = ScriptedBackend(answer)
+    core = make_core(sampled, AnswerCache(tmp_path / "sampled"), judge_temperature=0.7)
+    one, again, other = (asyncio.run(core.judge(png(), png((0, 0, 0)), seed=seed)) for seed in (1, 1, 2))
+    assert again.call.cached and not other.call.cached and other.call.cache_key != one.call.cache_key
+    assert [(c.temperature, c.seed) for c in sampled.calls] == [(0.7, 1), (0.7, 2)]
+
+
 def test_variants_key_depends_on_the_seed(tmp_path):
     backend = ScriptedBackend(json.dumps({"prompts": ["a cat", "a kitten"]}))
     cached_core = make_core(backend, AnswerCache(tmp_path))

@@ -20,16 +20,18 @@ OBJECT_TYPE_ANIMAL: ObjectType
 OBJECT_TYPE_OBJECT: ObjectType
 
 class DescriberInfo(_message.Message):
-    __slots__ = ("model", "server", "template_version", "max_variants")
+    __slots__ = ("model", "server", "template_version", "max_variants", "judge_temperature")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelInfo
     server: _common_pb2.ServerInfo
     template_version: str
     max_variants: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., server: _Optional[_Union[_common_pb2.ServerInfo, _Mapping]] = ..., template_version: _Optional[str] = ..., max_variants: _Optional[int] = ...) -> None: ...
+    judge_temperature: float
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., server: _Optional[_Union[_common_pb2.ServerInfo, _Mapping]] = ..., template_version: _Optional[str] = ..., max_variants: _Optional[int] = ..., judge_temperature: _Optional[float] = ...) -> None: ...
 
 class GlobalFeatures(_message.Message):
     __slots__ = ("style", "lighting", "color_palette", "composition")
@@ -202,12 +204,14 @@ class ReviseRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., differences: _Optional[_Iterable[_Union[Difference, _Mapping]]] = ..., token_budget: _Optional[int] = ...) -> None: ...
 
 class JudgeRequest(_message.Message):
-    __slots__ = ("reference_png", "candidate_png")
+    __slots__ = ("reference_png", "candidate_png", "seed")
     REFERENCE_PNG_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_PNG_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     reference_png: bytes
     candidate_png: bytes
-    def __init__(self, reference_png: _Optional[bytes] = ..., candidate_png: _Optional[bytes] = ...) -> None: ...
+    seed: int
+    def __init__(self, reference_png: _Optional[bytes] = ..., candidate_png: _Optional[bytes] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class JudgeResponse(_message.Message):
     __slots__ = ("content_consistency", "perceptual_quality", "rationale", "call")

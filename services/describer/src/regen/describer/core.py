@@ -76,6 +76,7 @@ class CoreOptions:
     max_new_tokens: int = 2048
     max_repairs: int = 2
     variants_temperature: float = 0.8
+    judge_temperature: float = 0.0
     max_prompt_chars: int = 4000
     max_variants: int = 8
     image_max_side: int = 448
@@ -93,6 +94,7 @@ class CoreOptions:
             max_new_tokens=settings.max_new_tokens,
             max_repairs=settings.max_repairs,
             variants_temperature=settings.variants_temperature,
+            judge_temperature=settings.judge_temperature,
             max_prompt_chars=settings.max_prompt_chars,
             max_variants=settings.max_variants,
             image_max_side=settings.image_max_side,
@@ -347,7 +349,8 @@ class DescriberCore:
             )
         )
 
-    async def judge(self, reference_png: bytes, candidate_png: bytes) -> Result[Judgement]:
+    async def judge(self, reference_png: bytes, candidate_png: bytes, seed: int = 0) -> Result[Judgement]:
+        """A sampling judge (judge_temperature > 0) draws with `seed`; a greedy one ignores it."""
         (reference, ref_digest), (candidate, cand_digest) = await asyncio.gather(
             self._image(reference_png, "reference_png"), self._image(candidate_png, "candidate_png")
         )
@@ -362,6 +365,8 @@ class DescriberCore:
                 load=lambda value: Judgement(
                     value["content_consistency"], value["perceptual_quality"], value["rationale"]
                 ),
+                temperature=self.options.judge_temperature,
+                seed=seed,
             )
         )
 

@@ -31,6 +31,7 @@ def describer_info(core: DescriberCore) -> describer_pb2.DescriberInfo:
         server=server_info(core.backend.stats(), *LIBRARIES),
         template_version=core.template_version,
         max_variants=core.options.max_variants,
+        judge_temperature=core.options.judge_temperature,
     )
 
 
@@ -76,7 +77,7 @@ class DescriberServicer(describer_pb2_grpc.DescriberServicer):
 
     @grpc_errors
     async def Judge(self, request, context):
-        result = await self.slot.get().judge(request.reference_png, request.candidate_png)
+        result = await self.slot.get().judge(request.reference_png, request.candidate_png, request.seed)
         judgement = result.answer
         return describer_pb2.JudgeResponse(
             content_consistency=judgement.content_consistency,

@@ -131,12 +131,14 @@ class DescriberInfoBody(bento.StrictModel):
             },
             "template_version": "1+85fd7c7b",
             "max_variants": 8,
+            "judge_temperature": 0.0,
             "server": {"busy_s": 12.5, "batches": 10, "items": 14},
         }
     )
     model: bento.ModelBody
     template_version: str = Field(description="The prompt templates' version; part of every cache key.")
     max_variants: int = Field(description="Most prompts one variants call may ask for (n).")
+    judge_temperature: float = Field(description="Judge's sampling temperature; 0: greedy (the seed is ignored).")
     server: bento.ServerStatsBody
 
 
@@ -200,9 +202,10 @@ class ReviseBody(bento.StrictModel):
 
 
 class JudgeBody(bento.StrictModel):
-    model_config = _example({"reference_png": EXAMPLE_PNG, "candidate_png": EXAMPLE_PNG_2})
+    model_config = _example({"reference_png": EXAMPLE_PNG, "candidate_png": EXAMPLE_PNG_2, "seed": 0})
     reference_png: Base64Image
     candidate_png: Base64Image
+    seed: bento.Int64 = Field(0, description="A sampling judge's seed (judge_temperature > 0); else ignored.")
 
 
 class JudgementBody(bento.StrictModel):
@@ -260,7 +263,7 @@ async def _judge(core: DescriberCore, body: JudgeBody) -> JudgementBody:
         bento.b64decode_field(body.reference_png, "reference_png"),
         bento.b64decode_field(body.candidate_png, "candidate_png"),
     )
-    result = await core.judge(reference, candidate)
+    result = await core.judge(reference, candidate, body.seed)
     return JudgementBody(**asdict(result.answer), call=CallBody.of(result.call))
 
 
@@ -278,6 +281,7 @@ class Describer(bento.GrpcAlongside[DescriberCore]):
             model=bento.ModelBody.of(info.model),
             template_version=info.template_version,
             max_variants=info.max_variants,
+            judge_temperature=info.judge_temperature,
             server=bento.ServerStatsBody.of(info.server),
         )
 

@@ -26,6 +26,9 @@ class DescriberSettings(ServiceSettings):
     max_new_tokens: int = Field(2048, ge=16)
     max_repairs: int = Field(2, ge=0)
     variants_temperature: float = Field(0.8, ge=0)
+    # Judge's sampling temperature; 0: greedy. Above 0, each request's seed draws its own
+    # judgement (the orchestrator's repeat-agreement check asks again with another seed).
+    judge_temperature: float = Field(0.0, ge=0)
     # Longest text input (prompt, difference, IUT field) a request may carry.
     max_prompt_chars: int = Field(4000, ge=1)
     # Longest side the image is resized to before the model sees it.
