@@ -104,3 +104,26 @@ def test_the_openapi_example_works_as_is(bento) -> None:
     status, body = post_json(f"{http_url}/score", schema["example"])
     assert status == 200, body
     assert len(ScoresBody.model_validate(body).candidates) == len(schema["example"]["candidate_pngs"])
+
+
+def test_metrics_count_grpc_and_http_alike(bento) -> None:
+    http_url, grpc_address = bento
+    reference = encode_png(scene("object_2", (32, 32)))
+    post_json(f"{http_url}/score", {"reference_png": b64(reference), "candidate_pngs": [b64(reference)]})
+    post_json(f"{http_url}/score", {"reference_png": b64(reference), "candidate_pngs": []})
+    with grpc.insecure_channel(grpc_address, options=channel_options()) as channel:
+        stub = scorer_pb2_grpc.ScorerStub(channel)
+        stub.Score(scorer_pb2.ScoreRequest(reference_png=reference, candidate_pngs=[reference]), timeout=60)
+        with pytest.raises(grpc.RpcError):
+            stub.Score(scorer_pb2.ScoreRequest(reference_png=reference), timeout=60)
+    with urllib.request.urlopen(f"{http_url}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    for labels in (
+        'code="OK",method="Score",service="scorer",transport="grpc"',
+        'code="INVALID_ARGUMENT",method="Score",service="scorer",transport="grpc"',
+        'code="OK",method="score",service="scorer",transport="http"',
+        'code="INVALID_ARGUMENT",method="score",service="scorer",transport="http"',
+    ):
+        assert f"regen_requests_total{{{labels}}}" in text, labels
+    for name in ("regen_busy_seconds_total", "regen_items_total", "regen_batch_size_bucket", "regen_queue_depth"):
+        assert f"{name}{{" in text and 'service="scorer"' in text, name

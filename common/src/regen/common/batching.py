@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from regen.common import metrics
 from regen.common.errors import NotReady, Overloaded
 
 T = TypeVar("T")
@@ -76,7 +77,7 @@ class MicroBatcher(Generic[T, R]):
         """Queue items; return one future per item. Raises Overloaded when full."""
         if self._closed:
             raise NotReady(f"{self.name} is shutting down")
-        live = sum(1 for p in self._queue if not p.future.done())
+        live = self._live()
         if live + len(items) > self.max_queue:
             raise Overloaded(f"{self.name} queue is full ({live} waiting, limit {self.max_queue}); retry later")
         self._ensure_started()
@@ -88,7 +89,11 @@ class MicroBatcher(Generic[T, R]):
             futures.append(fut)
         assert self._wakeup is not None
         self._wakeup.set()
+        metrics.QUEUE_DEPTH.labels(self.name).set(self._live())
         return futures
+
+    def _live(self) -> int:
+        return sum(1 for p in self._queue if not p.future.done())
 
     async def run(self, items: Sequence[T]) -> list[R]:
         """Submit and wait for all results; cancelling the caller drops queued items."""
@@ -151,9 +156,14 @@ class MicroBatcher(Generic[T, R]):
             except Exception as exc:
                 results = [exc] * len(batch)
             finally:
-                self.stats.busy_s += time.monotonic() - started
+                busy = time.monotonic() - started
+                self.stats.busy_s += busy
                 self.stats.batches += 1
                 self.stats.items += len(batch)
+                metrics.BUSY_SECONDS.labels(self.name).inc(busy)
+                metrics.ITEMS.labels(self.name).inc(len(batch))
+                metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+                metrics.QUEUE_DEPTH.labels(self.name).set(self._live())
             for pending, result in zip(batch, results, strict=True):
                 if pending.future.done():
                     continue

@@ -45,7 +45,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, StreamingResponse
 
-from regen.common import secrets
+from regen.common import metrics, secrets
 from regen.common.errors import InvalidInput, NotReady, RegenError
 from regen.common.grpc_server import CoreSlot, GrpcHost
 from regen.common.serving import ModelLoadError, ServiceDefinition, load_core, report_fatal
@@ -212,16 +212,21 @@ class ErrorShapeMiddleware:
     """ASGI middleware: rewrites the error bodies BentoML writes itself (input validation,
     unknown content types) into the one error shape. Streams and successes pass through."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, service: str = "") -> None:
         self.app = app
+        self.service = service
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
         held: dict[str, Any] = {}
+        method = str(scope.get("path", "")).strip("/")
 
         async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start" and method not in UNCOUNTED_PATHS:
+                code = "OK" if message["status"] < 400 else _STATUS_OF_HTTP.get(message["status"], "INTERNAL")
+                metrics.REQUESTS.labels(self.service, "http", method, code).inc()
             if message["type"] == "http.response.start" and message["status"] >= 400:
                 held["start"] = message
                 held["body"] = b""
@@ -237,9 +242,15 @@ class ErrorShapeMiddleware:
         await self.app(scope, receive, capture)
 
 
+# BentoML's own endpoints: not requests to the service.
+UNCOUNTED_PATHS = frozenset({"livez", "readyz", "healthz", "metrics", "docs.json", "", "favicon.ico"})
+
+
 def use_error_shape(service: Any) -> None:
-    """Register ErrorShapeMiddleware on a @bentoml.service class, and the log filters."""
-    service.add_asgi_middleware(ErrorShapeMiddleware)
+    """Register ErrorShapeMiddleware on a @bentoml.service class (it also counts the HTTP
+    requests in the regen_requests metric), and the log filters."""
+    name = str(getattr(service, "name", "")).removeprefix("regen-")
+    service.add_asgi_middleware(ErrorShapeMiddleware, service=name)
     install_log_filters()
 
 

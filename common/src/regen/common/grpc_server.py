@@ -7,13 +7,14 @@ on_startup hook, so the gRPC behaviour is identical in both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -25,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from regen.common import secrets
+from regen.common import metrics, secrets
 from regen.common.errors import InvalidInput, NotReady, RegenError
 from regen.common.settings import TLSFiles
 from regen.common.tls import server_credentials
@@ -141,8 +142,9 @@ REPLICA_METADATA_KEY = "regen-replica"
 
 
 class ReplicaInterceptor(grpc.aio.ServerInterceptor):
-    """Sends `regen-replica: <host>:<port>` as initial metadata of every regen.v1 call, so
-    a client spreading calls over several replicas can tell which one answered."""
+    """On every regen.v1 call: sends `regen-replica: <host>:<port>` as initial metadata,
+    so a client spreading calls over several replicas can tell which one answered, and
+    counts the call by its status in the regen_requests metric."""
 
     def __init__(self) -> None:
         self.replica = ""
@@ -152,26 +154,49 @@ class ReplicaInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not handler_call_details.method.startswith("/regen.v1."):
             return handler
         metadata = ((REPLICA_METADATA_KEY, self.replica),)
+        service, _, method = handler_call_details.method.removeprefix("/regen.v1.").partition("/")
+        count = functools.partial(_count_call, service.lower(), method)
         if handler.unary_unary is not None:
             inner_unary = handler.unary_unary
 
             async def unary(request: Any, context: Any) -> Any:
-                await context.send_initial_metadata(metadata)
-                return await inner_unary(request, context)
+                with count(context):
+                    await context.send_initial_metadata(metadata)
+                    return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: Any) -> Any:
-                await context.send_initial_metadata(metadata)
-                async for item in inner_stream(request, context):
-                    yield item
+                with count(context):
+                    await context.send_initial_metadata(metadata)
+                    async for item in inner_stream(request, context):
+                        yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
             )
         return handler
+
+
+@contextlib.contextmanager
+def _count_call(service: str, method: str, context: Any) -> Iterator[None]:
+    code = "OK"
+    try:
+        yield
+    except grpc.aio.AbortError:
+        status = context.code()
+        code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+        raise
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except Exception:
+        code = "INTERNAL"
+        raise
+    finally:
+        metrics.REQUESTS.labels(service, "grpc", method, code).inc()
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
@@ -274,7 +299,8 @@ class GrpcHost:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        address = f"{self.host}:{self.requested_port}"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        address = f"{host}:{self.requested_port}"
         try:
             if self.credentials is None:
                 self.port = self.server.add_insecure_port(address)

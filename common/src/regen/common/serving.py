@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from regen.common.grpc_server import CoreSlot, GrpcHost, Registration, serve_until_signal
+from regen.common.metrics import serve_metrics
 from regen.common.settings import ServiceSettings, load_settings
 
 
@@ -97,6 +98,9 @@ def run_service(
     logging.basicConfig(
         level=os.environ.get("REGEN_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port, settings.host)
 
     async def main() -> None:
         slot: CoreSlot[C] = CoreSlot()

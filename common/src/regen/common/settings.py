@@ -124,6 +124,9 @@ class ServiceSettings(SectionSettings):
     # Connections end after this long (calls in flight get as long again to finish), so
     # clients re-resolve a DNS name and spread over replicas that started since.
     max_connection_age_s: float = Field(300.0, gt=0)
+    # Port of the Prometheus /metrics endpoint of `regen serve` (unset: none; under
+    # BentoML the metrics are on its HTTP port's /metrics).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
     images: ImageLimitSettings = Field(default_factory=ImageLimitSettings)
     # Batching across concurrent requests.
     max_batch: int = Field(8, ge=1)

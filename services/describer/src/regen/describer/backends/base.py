@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from PIL import Image
 
+from regen.common import metrics
 from regen.common.batching import BatchStats
 
 if TYPE_CHECKING:
@@ -113,6 +114,10 @@ class CallCounter:
         self.stats = BatchStats()
 
     def record(self, started: float) -> None:
-        self.stats.busy_s += time.monotonic() - started
+        busy = time.monotonic() - started
+        self.stats.busy_s += busy
         self.stats.batches += 1
         self.stats.items += 1
+        metrics.BUSY_SECONDS.labels("describer").inc(busy)
+        metrics.ITEMS.labels("describer").inc()
+        metrics.BATCH_SIZE.labels("describer").observe(1)
