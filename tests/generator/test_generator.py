@@ -57,7 +57,7 @@ def test_info_reports_budget_identity_and_defaults(stub, tiny_models) -> None:
     assert (reply.model.backend, reply.model.device, reply.model.dtype) == ("diffusers", "cpu", "float32")
     assert (reply.default_width, reply.default_height, reply.default_steps) == (64, 64, 4)
     assert reply.default_guidance_scale == pytest.approx(5.0)
-    assert reply.max_batch == 8 and reply.size_multiple == 8
+    assert reply.max_batch == 16 and reply.size_multiple == 8
     assert {"torch", "diffusers", "grpcio"} <= set(reply.server.library_versions)
     caps = reply.capabilities
     assert (caps.seeded, caps.negative_prompt, caps.sampling_params) == (True, True, True)
