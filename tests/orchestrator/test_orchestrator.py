@@ -120,10 +120,12 @@ def test_result_config_and_its_hash_are_pinned():
         "limit": 4,
         "selection_weights": {"clip": 0.5, "dinov2": 0.5},
         "generation": {"width": None, "height": None, "steps": None, "guidance_scale": None, "negative_prompt": ""},
+        # The judge's reliability sample (issue 15): which cases get the extra checks.
+        "judge_checks": 8,
         "bootstrap_resamples": 10000,
         "confidence": 0.95,
     }
-    assert stable_hash(config) == "01ee53c94cfd96f1f5ecb93975d63b37b19b14429c082e83fb75756baec4705e"
+    assert stable_hash(config) == "867e69625e2122f65c9ab117914689ede2e1bc634eda48bf1b8945c68595c1f1"
 
 
 def test_settings_precedence_flags_env_file_defaults(tmp_path, monkeypatch):

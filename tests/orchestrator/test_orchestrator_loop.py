@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 from support.heavy_imports import HEAVY_MODULES, run_regen_cli
 
+from regen.common.errors import BadModelOutput, Overloaded
 from regen.common.grpc_server import GrpcHost, Registration, grpc_errors
 from regen.orchestrator.clients import ConnectError
 from regen.orchestrator.identity import RunMismatch
@@ -58,6 +59,16 @@ class Faults:
         self.generate_requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        # How the fake describer judges (FakeDescriber.Judge): "hash" (a digest of the
+        # ordered pair), "fair" (symmetric, controls 1), "constant" (always 5/5),
+        # "control_blind" (fair, but two references rate 5); Info's judge_temperature;
+        # reference PNGs whose Judge fails (FAILED_PRECONDITION after 3 model calls).
+        self.judge_mode = "hash"
+        self.judge_temperature = 0.0
+        self.judge_fail_for: set[bytes] = set()
+        self.judge_seeds: list[int] = []
+        # Answer this many Judge calls RESOURCE_EXHAUSTED (a rate-limited chat API behind).
+        self.judge_rate_limited = 0
 
 
 class FakeDescriber(describer_pb2_grpc.DescriberServicer):
@@ -70,6 +81,7 @@ class FakeDescriber(describer_pb2_grpc.DescriberServicer):
             model=common_pb2.ModelInfo(model_id="fake-mllm", revision="r1", backend="fake"),
             server=common_pb2.ServerInfo(regen_version="0", busy_s=0.25 * self.faults.calls["describer"]),
             template_version="t1",
+            judge_temperature=self.faults.judge_temperature,
         )
 
     @grpc_errors
@@ -113,10 +125,41 @@ class FakeDescriber(describer_pb2_grpc.DescriberServicer):
 
     @grpc_errors
     async def Judge(self, request, context):
-        self.faults.calls["describer"] += 1
-        d = _digest(request.reference_png, request.candidate_png)
+        faults = self.faults
+        faults.calls["describer"] += 1
+        faults.calls["Judge"] += 1
+        faults.judge_seeds.append(request.seed)
+        if faults.judge_rate_limited > 0:
+            faults.judge_rate_limited -= 1
+            raise Overloaded("describer: the chat API is rate limiting (429)").with_metadata(attempts=1, api_calls=1)
+        if request.reference_png in faults.judge_fail_for:
+            raise BadModelOutput("judge: the model gave no valid answer in 3 attempts").with_metadata(
+                attempts=3, repairs=2, api_calls=3, input_tokens=900, output_tokens=60
+            )
+        call = describer_pb2.CallInfo(
+            attempts=1, input_tokens=300, output_tokens=20, usage=common_pb2.Usage(api_calls=1)
+        )
+        if faults.judge_mode == "constant":
+            return describer_pb2.JudgeResponse(content_consistency=5, perceptual_quality=5, rationale="fake", call=call)
+        if faults.judge_mode == "hash":
+            d = _digest(request.reference_png, request.candidate_png)
+            return describer_pb2.JudgeResponse(
+                content_consistency=1 + d[0] % 5, perceptual_quality=1 + d[1] % 5, rationale="fake", call=call
+            )
+        # Two references (24x24; generated images are 16x16): the control pair.
+        control = all(
+            Image.open(io.BytesIO(png)).size == (24, 24) for png in (request.reference_png, request.candidate_png)
+        )
+        pair = sorted([request.reference_png, request.candidate_png])
+        d = _digest(*pair)
+        content = 2 + d[0] % 4
+        if control:
+            content = 5 if faults.judge_mode == "control_blind" else 1
         return describer_pb2.JudgeResponse(
-            content_consistency=1 + d[0] % 5, perceptual_quality=1 + d[1] % 5, rationale="fake"
+            content_consistency=content,
+            perceptual_quality=1 + _digest(request.candidate_png)[0] % 5,
+            rationale="fake",
+            call=call,
         )
 
 
@@ -477,6 +520,132 @@ def test_a_case_refused_throughout_is_finished_and_counted_with_penalties(fakes,
     counts = read_json(partial.run_dir / "cat_1" / "final" / "final_metrics.json")["candidates"]
     assert counts["refused"] >= 1 and counts["total"] == 4
     assert partial.benchmark["candidates"]["refused"] == counts["refused"]
+
+
+def _reference_png(dataset: Path, case: str) -> bytes:
+    from regen.common.images import decode_image, encode_png
+
+    return encode_png(decode_image((dataset / f"{case}.png").read_bytes()))
+
+
+def test_a_failed_judge_leaves_the_similarity_metrics_standing(fakes, dataset, tmp_path):
+    """The describer's judge failing is not the generator's failure: the case is done, its
+    similarity metrics count, its judge metrics are missing with the reason recorded, and
+    the aggregates say how many cases each metric covers."""
+    fakes.faults.judge_mode = "fair"
+    fakes.faults.judge_fail_for.add(_reference_png(dataset, "dog_1"))
+    summary = run(_config(fakes, dataset, tmp_path / "out", rounds=1, candidates=2, judge_checks=0))
+    assert (summary.done, summary.failed) == (5, 0) and summary.complete
+    final = read_json(summary.run_dir / "dog_1" / "final" / "final_metrics.json")
+    assert final["status"] == "done" and final["judge"] is None
+    assert set(final["metrics"]) == {"clip", "dinov2", "ssim", "selection"}
+    failure = final["judge_failure"]
+    assert failure["stage"] == "judge" and failure["code"] == "FAILED_PRECONDITION" and failure["attempts"] == 1
+    assert failure["service_cost"] == {
+        "api_calls": 3,
+        "attempts": 3,
+        "input_tokens": 900,
+        "output_tokens": 60,
+        "repairs": 2,
+    }
+    bench = summary.benchmark
+    assert bench["metrics"]["clip"]["n"] == 5 and bench["metrics"]["judge_content"]["n"] == 4
+    assert bench["metric_coverage"]["clip"] == {"cases": 5, "of": 5, "missing": []}
+    assert bench["metric_coverage"]["judge_mean"] == {"cases": 4, "of": 5, "missing": ["dog_1"]}
+    assert [(f["case"], f["code"]) for f in bench["judge_failed"]] == [("dog_1", "FAILED_PRECONDITION")]
+    # What the failed call cost is in the usage: one gRPC call, three model calls behind it.
+    judge_usage = read_json(summary.run_dir / "dog_1" / "final" / "final_metrics.json")["usage"]["describer"]["Judge"]
+    assert (judge_usage["calls"], judge_usage["model_calls"], judge_usage["api_calls"]) == (1, 3, 3)
+    assert judge_usage["repairs"] == 2 and judge_usage["input_tokens"] == 900
+    totals = bench["usage"]["services"]["describer"]["by_method"]["Judge"]
+    assert (totals["calls"], totals["model_calls"], totals["api_calls"]) == (5, 4 + 3, 4 + 3)
+    assert (summary.run_dir / "report.html").read_text().count("Judge failed") >= 2
+
+
+def test_every_request_behind_a_retried_judge_is_counted(fakes, dataset, tmp_path):
+    """Each RESOURCE_EXHAUSTED the orchestrator retries cost the describer an API request:
+    the usage shows them all, not only the call that answered."""
+    fakes.faults.judge_mode = "fair"
+    fakes.faults.judge_rate_limited = 2
+    config = _config(fakes, dataset, tmp_path / "out", limit=1, rounds=1, candidates=1, judge_checks=0)
+    config.retry = config.retry.model_copy(update={"initial_backoff_s": 0.01})
+    summary = run(config)
+    assert summary.done == 1 and fakes.faults.calls["Judge"] == 3
+    (case,) = summary.benchmark["usage"]["per_case"]
+    judge = read_json(summary.run_dir / case / "final" / "final_metrics.json")["usage"]["describer"]["Judge"]
+    assert (judge["calls"], judge["retries"], judge["api_calls"], judge["model_calls"]) == (3, 2, 3, 3)
+
+
+def _reliability(fakes, dataset, out: Path, mode: str, **overrides) -> dict:
+    fakes.faults.judge_mode = mode
+    summary = run(_config(fakes, dataset, out, rounds=1, candidates=2, **overrides))
+    assert summary.done == 5
+    return summary.benchmark["judge_reliability"]
+
+
+def test_a_fair_judge_passes_its_reliability_checks_at_a_stated_cost(fakes, dataset, tmp_path):
+    reliability = _reliability(fakes, dataset, tmp_path / "out", "fair")
+    assert reliability["passed"] is True and reliability["flags"] == []
+    assert reliability["sample"] == {"size": 8, "checked": 5, "check_errors": 0}
+    assert reliability["swap"]["n"] == 5 and reliability["swap"]["within_one"] == 1.0
+    assert reliability["control"]["n"] == 5 and reliability["control"]["mean_control"] == 1.0
+    assert reliability["repeat"] == {"skipped": reliability["repeat"]["skipped"]} and "greedily" in str(
+        reliability["repeat"]
+    )
+    # One judgement per case, then a swap and a control each: 15 Judge calls, 10 of them checks.
+    assert fakes.faults.calls["Judge"] == 15
+    bench = read_json(next((tmp_path / "out").iterdir()) / "benchmark_final.json")
+    cost = bench["usage"]["services"]["describer"]["by_method"]["Judge:reliability"]
+    assert (cost["calls"], cost["model_calls"], cost["api_calls"]) == (10, 10, 10)
+    assert "The checks cost 10 describer calls" in (next((tmp_path / "out").iterdir()) / "report.html").read_text()
+
+
+def test_a_constant_judge_is_flagged_and_compare_will_not_rank_on_it(fakes, dataset, tmp_path):
+    reliability = _reliability(fakes, dataset, tmp_path / "out", "constant")
+    assert reliability["passed"] is False
+    flags = {f["flag"] for f in reliability["flags"]}
+    assert flags == {"constant_judge_content", "constant_judge_quality", "control_blind"}
+    assert any("all 5 judged cases content_consistency 5" in w for w in reliability["warnings"])
+    assert reliability["scores"]["judge_content"]["std"] == 0
+
+    from regen.orchestrator.compare import write_leaderboard
+    from regen.orchestrator.report.terminal import judge_lines
+
+    (run_dir,) = list((tmp_path / "out").iterdir())
+    assert (
+        "warning: the judge's scores are not reliable"
+        in judge_lines(read_json(run_dir / "benchmark_final.json"))[0].plain
+    )
+    board, _ = write_leaderboard([run_dir], tmp_path / "board")
+    assert board["judge"]["withheld"] and "judge_mean" not in board["metrics"]
+    assert "constant_judge_content" in board["judge"]["note"] and "--trust-judge" in board["judge"]["note"]
+    assert all(m not in board["pairwise"] for m in ("judge_content", "judge_quality", "judge_mean"))
+    trusted, _ = write_leaderboard([run_dir], tmp_path / "trusted", trust_judge=True)
+    assert "judge_mean" in trusted["metrics"] and trusted["judge"]["trusted_by_request"]
+    assert "judge-unreliable" in (run_dir / "report.html").read_text()
+
+
+def test_a_control_blind_judge_is_flagged(fakes, dataset, tmp_path):
+    reliability = _reliability(fakes, dataset, tmp_path / "out", "control_blind")
+    assert reliability["passed"] is False
+    assert [f["flag"] for f in reliability["flags"]] == ["control_blind"]
+    assert reliability["control"]["mean_control"] == 5.0 > reliability["control"]["mean_candidate"]
+    assert "unrelated references" in reliability["warnings"][0]
+
+
+def test_a_sampling_judge_is_asked_again_with_another_seed(fakes, dataset, tmp_path):
+    from regen.orchestrator.reliability import judge_seed
+
+    fakes.faults.judge_temperature = 0.7
+    reliability = _reliability(fakes, dataset, tmp_path / "out", "fair", judge_checks=2)
+    assert reliability["passed"] is True and reliability["sample"]["checked"] == 2
+    for score in ("content_consistency", "perceptual_quality"):
+        assert reliability["repeat"][score]["n"] == 2 and reliability["repeat"][score]["within_one"] == 1.0
+    assert fakes.faults.calls["Judge"] == 5 + 2 * 3
+    cases = ["cat_1", "cat_2", "dog_1", "dog_2", "bird_1"]
+    seeds = Counter(fakes.faults.judge_seeds)
+    assert all(seeds[judge_seed(0, case)] >= 1 for case in cases)
+    assert sum(seeds[judge_seed(0, case, repeat=True)] for case in cases) == 2
 
 
 def test_interrupted_case_is_redone_from_scratch(fakes, dataset, tmp_path):

@@ -22,7 +22,7 @@ def test_means_count_refusals_at_their_penalties(tmp_path, fake_run):
         tmp_path, "r", {"a_1": ("done", 0.6), "a_2": ("refused", None), "b_1": ("done", 0.8), "b_2": ("failed", None)}
     )
     bench = read_json(run_dir / "benchmark_final.json")
-    assert bench["format"] == "regen.benchmark_final/2"
+    assert bench["format"] == "regen.benchmark_final/3"
     assert bench["cases"] == {"total": 4, "done": 2, "refused": 1, "failed": 1, "pending": 0}
     assert bench["complete"] is False
     assert bench["coverage"] == pytest.approx(2 / 3)

@@ -153,6 +153,7 @@ RUN_FLAGS: dict[str, tuple[str, ...]] = {
     "steps": ("generation", "steps"),
     "guidance_scale": ("generation", "guidance_scale"),
     "negative_prompt": ("generation", "negative_prompt"),
+    "judge_checks": ("judge_checks",),
     "rpc_timeout": ("retry", "rpc_timeout_s"),
     "outage_budget": ("retry", "outage_budget_s"),
     "initial_backoff": ("retry", "initial_backoff_s"),
@@ -280,6 +281,10 @@ def run(
         float | None, _run_option("guidance_scale", "Classifier-free guidance scale.", unset=MODEL_DEFAULT)
     ] = None,
     negative_prompt: Annotated[str | None, _run_option("negative_prompt", "Negative prompt of every image.")] = None,
+    judge_checks: Annotated[
+        int | None,
+        _run_option("judge_checks", "Cases sampled for the judge's reliability checks (swap, control, repeat)."),
+    ] = None,
     rpc_timeout: Annotated[
         float | None, _run_option("rpc_timeout", "Deadline of one call in seconds, queueing included.")
     ] = None,
@@ -411,6 +416,13 @@ def compare(
             "--out", help="Folder for leaderboard.json, .md and .html (default: leaderboard/ beside the runs)."
         ),
     ] = None,
+    trust_judge: Annotated[
+        bool,
+        typer.Option(
+            "--trust-judge",
+            help="Rank on the judge's scores even where its reliability checks failed (left out otherwise).",
+        ),
+    ] = False,
 ) -> None:
     """A leaderboard of generators run like for like, with paired significance tests.
 
@@ -424,10 +436,12 @@ def compare(
     from regen.orchestrator.report.model import ReportError
 
     try:
-        board, folder = write_leaderboard(run_dirs, out)
+        board, folder = write_leaderboard(run_dirs, out, trust_judge=trust_judge)
     except (CompareError, ReportError, OSError) as exc:
         _fail(str(exc))
     Console(highlight=False, width=max(160, Console().width)).print(terminal_table(board))
+    if board["judge"]["note"]:
+        typer.secho(f"warning: {board['judge']['note']}", fg=typer.colors.YELLOW, err=True)
     check = board["consistency"]
     if not check["consistent"]:
         typer.secho(

@@ -11,7 +11,13 @@ the run incomplete.
 
 Per metric: n, mean, std (sample, n-1; null for n < 2), and a percentile bootstrap
 confidence interval of the mean (`bootstrap_resamples` resamples of the cases with
-replacement; seed derived from the run seed, the metric and the category).
+replacement; seed derived from the run seed, the metric and the category). A metric
+may cover fewer cases than the run finished: a case whose judge failed keeps its
+similarity metrics and has no judge metrics; "metric_coverage" says, per metric, how
+many finished cases it covers and which done cases lack it ("judge_failed" says why).
+
+"judge_reliability" is what the judge's reliability checks found
+(`regen.orchestrator.reliability`): flags, warnings, and what the checks cost.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from regen.orchestrator import outcomes
 from regen.orchestrator.dataset import Case
 from regen.orchestrator.outcomes import CaseOutcome, read_outcomes
+from regen.orchestrator.reliability import reliability
 from regen.orchestrator.results import RunLayout
 from regen.orchestrator.seeds import bootstrap_seed
 from regen.orchestrator.stats import bootstrap_ci, summarize
@@ -40,7 +47,8 @@ METRIC_ORDER: tuple[str, ...] = (
     "judge_quality",
     "judge_mean",
 )
-FORMAT = "regen.benchmark_final/2"
+# 3: judge_reliability, judge_failed, metric_coverage; a case may lack the judge metrics.
+FORMAT = "regen.benchmark_final/3"
 
 Value = Callable[[CaseOutcome, str], "float | None"]
 
@@ -122,6 +130,26 @@ def _group(found: Sequence[CaseOutcome], names: Sequence[str], config: dict, lab
     }
 
 
+def _coverage_by_metric(found: Sequence[CaseOutcome], names: Sequence[str]) -> dict[str, Any]:
+    """Per metric: the finished cases it covers (done cases with a value, refused ones
+    at the penalty), of how many, and the done cases without it."""
+    finished = [o for o in found if o.finished]
+    coverage = {}
+    for name in names:
+        missing = [o.case for o in finished if o.headline(name) is None]
+        coverage[name] = {"cases": len(finished) - len(missing), "of": len(finished), "missing": missing}
+    return coverage
+
+
+def _judge_failed(found: Sequence[CaseOutcome]) -> list[dict[str, Any]]:
+    """Done cases whose judge failed: they count for the similarity metrics only."""
+    return [
+        {"case": o.case, "category": o.category, **o.record["judge_failure"]}  # type: ignore[index]
+        for o in found
+        if o.status == outcomes.DONE and (o.record or {}).get("judge_failure")
+    ]
+
+
 def _candidates(found: Sequence[CaseOutcome]) -> dict[str, Any]:
     """Candidates of the finished cases: asked for, refused, prompts truncated."""
     totals = {"total": 0, "refused": 0, "truncated": 0}
@@ -201,6 +229,13 @@ def aggregate(
             if o.status == outcomes.FAILED
         ],
         "pending": [o.case for o in found if o.status == outcomes.PENDING],
+        "metric_coverage": _coverage_by_metric(found, names),
+        "judge_failed": _judge_failed(found),
+        "judge_reliability": reliability(
+            found,
+            sample_size=int(config.get("judge_checks", 0)),
+            judge_temperature=float(run["models"].get("describer", {}).get("judge_temperature", 0.0)),
+        ),
         "metric_ids": run["models"]["scorer"]["metric_ids"],
         "selection": {"weights": config["selection_weights"], "definition": "sum of weight * metric"},
         "bootstrap": {

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from regen.common.grpc_server import REPLICA_METADATA_KEY, channel_options
@@ -42,15 +43,47 @@ HEALTH_HELP = "see docs/adding-a-generator.md, 'Health'"
 T = TypeVar("T")
 
 
-class ServiceError(RuntimeError):
-    """A call failed for good: after retries, or with a status that is not retried."""
+# What a failed call cost, as a regen service puts it in its ErrorInfo's metadata (the
+# describer: model calls, repairs, remote API calls, tokens).
+COST_KEYS: tuple[str, ...] = ("attempts", "repairs", "api_calls", "input_tokens", "output_tokens")
 
-    def __init__(self, service: str, method: str, code: grpc.StatusCode, details: str, attempts: int) -> None:
+
+def error_cost(exc: grpc.aio.AioRpcError) -> dict[str, int]:
+    """The numbers of COST_KEYS in a failed call's google.rpc.ErrorInfo metadata; empty
+    when the server sent none."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # a server's malformed details must not hide its error
+            return {}
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return {k: int(v) for k, v in info.metadata.items() if k in COST_KEYS and v.isdigit()}
+    return {}
+
+
+class ServiceError(RuntimeError):
+    """A call failed for good: after retries, or with a status that is not retried.
+    `cost` sums what the failed attempts cost the service, as it reported (error_cost)."""
+
+    def __init__(
+        self,
+        service: str,
+        method: str,
+        code: grpc.StatusCode,
+        details: str,
+        attempts: int,
+        cost: dict[str, int] | None = None,
+    ) -> None:
         self.service = service
         self.method = method
         self.code = code
         self.details = details
         self.attempts = attempts
+        self.cost = cost or {}
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(f"{service}.{method} failed{tries}: {code.name}: {details}")
 
@@ -165,6 +198,7 @@ class _Client:
         attempt = 0
         first_failure: float | None = None
         first_failure_wall: float | None = None
+        cost: dict[str, int] = {}
         try:
             while True:
                 attempt += 1
@@ -172,10 +206,13 @@ class _Client:
                     return await invoke(self.retry.rpc_timeout_s)
                 except grpc.aio.AioRpcError as exc:
                     code, details = exc.code(), exc.details() or ""
+                    failed = error_cost(exc)
+                    usage.count_failed(self.service, method, failed)
+                    cost = {key: cost.get(key, 0) + failed.get(key, 0) for key in {*cost, *failed}}
                     if code in STOPS_THE_RUN:
-                        raise RunStopped(self.service, method, code, details, attempt) from None
+                        raise RunStopped(self.service, method, code, details, attempt, cost) from None
                     if code not in RETRYABLE:
-                        raise ServiceError(self.service, method, code, details, attempt) from None
+                        raise ServiceError(self.service, method, code, details, attempt, cost) from None
                     now = time.monotonic()
                     first_failure = first_failure or now
                     first_failure_wall = first_failure_wall or time.time()
@@ -272,7 +309,7 @@ class DescriberClient(_Client):
 
     async def _described(self, method: str, rpc: Callable[..., Any], request: Any) -> Any:
         response = await self._unary(method, rpc, request)
-        usage.count_reported(self.service, method, response.call.usage)
+        usage.count_described(self.service, method, response.call)
         return response
 
     async def understand(self, image_png: bytes) -> describer_pb2.UnderstandResponse:
@@ -299,8 +336,9 @@ class DescriberClient(_Client):
         request = describer_pb2.ReviseRequest(prompt=prompt, differences=differences, token_budget=token_budget)
         return await self._described("Revise", self.stub.Revise, request)
 
-    async def judge(self, reference_png: bytes, candidate_png: bytes) -> describer_pb2.JudgeResponse:
-        request = describer_pb2.JudgeRequest(reference_png=reference_png, candidate_png=candidate_png)
+    async def judge(self, reference_png: bytes, candidate_png: bytes, seed: int = 0) -> describer_pb2.JudgeResponse:
+        """A sampling judge draws with `seed` (DescriberInfo.judge_temperature > 0)."""
+        request = describer_pb2.JudgeRequest(reference_png=reference_png, candidate_png=candidate_png, seed=seed)
         return await self._described("Judge", self.stub.Judge, request)
 
 

@@ -35,6 +35,7 @@ RESULT_FIELDS: tuple[str, ...] = (
     "limit",
     "selection_weights",
     "generation",
+    "judge_checks",
     "bootstrap_resamples",
     "confidence",
 )
@@ -59,7 +60,11 @@ def result_config(settings: OrchestratorSettings) -> dict[str, Any]:
 def describe_models(describer_info: Any, generator_info: Any, scorer_info: Any) -> dict[str, Any]:
     """Everything about the services that changes results (no timings, no counters)."""
     return {
-        "describer": {**model_json(describer_info.model), "template_version": describer_info.template_version},
+        "describer": {
+            **model_json(describer_info.model),
+            "template_version": describer_info.template_version,
+            "judge_temperature": round(float(describer_info.judge_temperature), 6),
+        },
         "generator": {
             **model_json(generator_info.model),
             "prompt_token_budget": generator_info.prompt_token_budget,

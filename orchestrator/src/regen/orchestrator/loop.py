@@ -5,7 +5,13 @@ Understand -> WritePrompt -> rounds r = 1..R:
     -> the round's best, and the best over all rounds so far
     -> (not after the last round) Compare(reference, best so far, its prompt)
        -> Revise(best-so-far prompt, differences) = the next round's prompt
--> Judge(reference, best over all rounds).
+-> Judge(reference, best over all rounds)
+-> for a sample of cases, the judge's reliability checks (order swap, control pair,
+   repeat; regen.orchestrator.reliability).
+
+A failed Judge does not fail the case: the similarity metrics stand, the judge's are
+missing, and the reason is recorded ("judge_failure"). Understand, WritePrompt, Variants,
+Compare and Revise still fail the case: the loop cannot go on without them.
 
 "Best prompt" is the prompt of the best candidate over all rounds so far, so a round
 that does worse than an earlier one does not steer the revision away from what worked.
@@ -25,6 +31,7 @@ from regen.common.describer_json import differences_to_json, iut_to_json
 from regen.orchestrator import outcomes, usage
 from regen.orchestrator.clients import Clients, RunInterrupted, ServiceError
 from regen.orchestrator.dataset import Case, load_reference_png
+from regen.orchestrator.reliability import CheckPlan, judge_seed
 from regen.orchestrator.replies import ContractViolation, ExpectedImage
 from regen.orchestrator.results import RunLayout, atomic_write_bytes, atomic_write_json
 from regen.orchestrator.seeds import candidate_seed, variants_seed
@@ -41,6 +48,7 @@ STAGES: tuple[str, ...] = (
     "compare",
     "revise",
     "judge",
+    "judge_checks",
 )
 T = TypeVar("T")
 
@@ -63,6 +71,10 @@ class CaseFailed(Exception):
                 code=self.cause.code.name,
                 attempts=self.cause.attempts,
             )
+            if self.cause.cost:
+                # What the failed attempts cost the service (e.g. the describer's model
+                # calls and API requests behind them), as it reported.
+                record["service_cost"] = dict(sorted(self.cause.cost.items()))
         elif isinstance(self.cause, ContractViolation):
             record.update(service=self.cause.service, method=self.cause.method, code="CONTRACT_VIOLATION")
         elif self.cause is not None:
@@ -91,6 +103,8 @@ class LoopSettings:
     generator_revision: str = ""
     generator_max_batch: int = 0
     scorer_max_candidates: int = 0
+    # The cases that get the judge's reliability checks, with their controls.
+    judge_plan: CheckPlan = field(default_factory=lambda: CheckPlan({}, repeat=False))
 
     def selection(self, scores: dict[str, float]) -> float:
         return sum(weight * scores[name] for name, weight in self.selection_weights.items())
@@ -219,7 +233,37 @@ class Prepared:
 
 
 def _call_record(call: describer_pb2.CallInfo) -> dict[str, Any]:
-    return {"cached": call.cached, "attempts": call.attempts, "output_tokens": call.output_tokens}
+    """What a describer answer cost and who made it (CallInfo)."""
+    return {
+        "cached": call.cached,
+        "attempts": call.attempts,
+        "repairs": call.repairs,
+        "input_tokens": call.input_tokens,
+        "output_tokens": call.output_tokens,
+        "api_calls": call.usage.api_calls,
+        "elapsed_s": call.elapsed_s,
+        "served_model": call.served_model,
+        "system_fingerprint": call.system_fingerprint,
+        "seed": call.seed,
+    }
+
+
+def _judgement(judged: describer_pb2.JudgeResponse) -> dict[str, Any]:
+    return {
+        "content_consistency": judged.content_consistency,
+        "perceptual_quality": judged.perceptual_quality,
+        "rationale": judged.rationale,
+        "call": _call_record(judged.call),
+    }
+
+
+def _check_scores(judged: describer_pb2.JudgeResponse) -> None:
+    for label, value in (
+        ("content_consistency", judged.content_consistency),
+        ("perceptual_quality", judged.perceptual_quality),
+    ):
+        if not 1 <= value <= 5:
+            raise ContractViolation("describer", "Judge", f"answered {label}={value}, outside 1..5")
 
 
 StageCallback = Callable[[str, str], None]
@@ -251,6 +295,8 @@ class CaseRunner:
         self.stage = "load"
         self.round: int | None = None
         self.usage = usage.CaseUsage()
+        # CallInfo of the case's describer answers outside the rounds.
+        self.describer_calls: dict[str, dict[str, Any]] = {}
 
     async def run(self) -> dict[str, Any]:
         """The whole case; returns final_metrics.json's content."""
@@ -292,9 +338,12 @@ class CaseRunner:
     async def _prepare(self) -> Prepared:
         started = time.perf_counter()
         reference = await self._stage("load", asyncio.to_thread(load_reference_png, self.case))
-        iut = (await self._stage("understand", self.describer.understand(reference))).iut
+        understood = await self._stage("understand", self.describer.understand(reference))
+        iut = understood.iut
+        self.describer_calls["understand"] = _call_record(understood.call)
         await self._write_json(self.layout.iut_file(self.case.id), iut_to_json(iut))
         written = await self._stage("write_prompt", self.describer.write_prompt(iut, self.settings.token_budget))
+        self.describer_calls["write_prompt"] = _call_record(written.call)
         self.round = 1
         first = self._new_round(1, written.prompt, "write_prompt")
         first.candidates = await self._variants(first)
@@ -310,8 +359,11 @@ class CaseRunner:
             refused = self._refused_record(rounds, prepared.started)
             await self._write_json(self.layout.final_metrics_file(self.case.id), refused)
             return refused
-        judged = await self._judge(reference, best)
-        final = self._final_record(best, judged, rounds, prepared.started)
+        judged, failure = await self._judge(reference, best)
+        checks = None
+        if judged is not None and self.case.id in self.settings.judge_plan:
+            checks = await self._stage("judge_checks", self._judge_checks(reference, best))
+        final = self._final_record(best, judged, failure, checks, rounds, prepared.started)
         await asyncio.to_thread(
             atomic_write_bytes, self.layout.final_dir(self.case.id) / "best_image.png", best.candidate.png
         )
@@ -384,27 +436,93 @@ class CaseRunner:
         record.revised_prompt = revised.prompt
         record.describer_calls.update(compare=_call_record(compared.call), revise=_call_record(revised.call))
 
-    async def _judge(self, reference: bytes, best: Best) -> describer_pb2.JudgeResponse:
-        judged = await self._stage("judge", self.describer.judge(reference, best.candidate.png))
-        for label, value in (
-            ("content_consistency", judged.content_consistency),
-            ("perceptual_quality", judged.perceptual_quality),
-        ):
-            if not 1 <= value <= 5:
-                raise ContractViolation("describer", "Judge", f"answered {label}={value}, outside 1..5")
-        return judged
+    async def _judge(
+        self, reference: bytes, best: Best
+    ) -> tuple[describer_pb2.JudgeResponse, None] | tuple[None, dict[str, Any]]:
+        """The judgement, or, when the describer fails or breaks the contract, what went
+        wrong: the case stands on its similarity metrics (a run that can go on at all
+        is not stopped: RunInterrupted passes)."""
+        seed = judge_seed(self.settings.run_seed, self.case.id)
+        try:
+            judged = await self._stage("judge", self.describer.judge(reference, best.candidate.png, seed))
+            _check_scores(judged)
+        except (ServiceError, ContractViolation) as exc:
+            if isinstance(exc, RunInterrupted):
+                raise
+            return None, CaseFailed("judge", str(exc), cause=exc).record()
+        self.describer_calls["judge"] = _call_record(judged.call)
+        return judged, None
+
+    async def _judge_checks(self, reference: bytes, best: Best) -> dict[str, Any]:
+        """The reliability checks of this case's judgement: the images swapped, the
+        reference against its control, and (a sampling judge) a repeat with another
+        seed. A failed check is recorded, never fails the case. Their calls are counted
+        apart ("Judge:reliability") and in the record's "usage"."""
+        plan, run_seed, case = self.settings.judge_plan, self.settings.run_seed, self.case.id
+        candidate = best.candidate.png
+        checks: dict[str, Any] = {}
+        spent = usage.CaseUsage()
+        token = usage.CURRENT.set(spent)
+        try:
+            seed = judge_seed(run_seed, case)
+            checks["swap"] = await self._check(self.describer.judge(candidate, reference, seed))
+            control = plan.controls.get(case)
+            checks["control"] = None
+            if control is not None:
+                try:
+                    control_png = await asyncio.to_thread(load_reference_png, control)
+                except Exception as exc:  # an unreadable control is the check's failure, not the case's
+                    checks["control"] = {"case": control.id, "error": f"{type(exc).__name__}: {exc}"}
+                else:
+                    answer = await self._check(self.describer.judge(reference, control_png, seed))
+                    checks["control"] = {"case": control.id, **answer}
+            checks["repeat"] = None
+            if plan.repeat:
+                again = judge_seed(run_seed, case, repeat=True)
+                checks["repeat"] = {
+                    "seed": again,
+                    **await self._check(self.describer.judge(reference, candidate, again)),
+                }
+        finally:
+            usage.CURRENT.reset(token)
+        self.usage.add(spent, ":reliability")
+        checks["usage"] = spent.record()
+        return checks
+
+    async def _check(self, call: Awaitable[describer_pb2.JudgeResponse]) -> dict[str, Any]:
+        try:
+            judged = await call
+            _check_scores(judged)
+        except (ServiceError, ContractViolation) as exc:
+            if isinstance(exc, RunInterrupted):
+                raise
+            return {"error": str(exc)}
+        return _judgement(judged)
 
     def _final_record(
-        self, best: Best, judged: describer_pb2.JudgeResponse, rounds: list[RoundRecord], started: float
+        self,
+        best: Best,
+        judged: describer_pb2.JudgeResponse | None,
+        judge_failure: dict[str, Any] | None,
+        checks: dict[str, Any] | None,
+        rounds: list[RoundRecord],
+        started: float,
     ) -> dict[str, Any]:
-        """final_metrics.json's content."""
+        """final_metrics.json's content. Without a judgement the judge's metrics are
+        missing (not a penalty: the failure is the describer's, not the model's)."""
         case, scores = self.case, best.candidate.scores
-        content, quality = judged.content_consistency, judged.perceptual_quality
         metrics: dict[str, float] = {name: scores[name] for name in sorted(scores)}
         metrics["selection"] = best.selection
-        metrics["judge_content"] = content
-        metrics["judge_quality"] = quality
-        metrics["judge_mean"] = (content + quality) / 2
+        if judged is not None:
+            content, quality = judged.content_consistency, judged.perceptual_quality
+            metrics["judge_content"] = content
+            metrics["judge_quality"] = quality
+            metrics["judge_mean"] = (content + quality) / 2
+        extra: dict[str, Any] = {}
+        if judge_failure is not None:
+            extra["judge_failure"] = judge_failure
+        if checks is not None:
+            extra["judge_checks"] = checks
         return {
             "case": case.id,
             "category": case.category,
@@ -413,7 +531,8 @@ class CaseRunner:
             "best": {**best.record(), "file": f"iteration_{best.round}/{best.candidate.file}"},
             "metrics": metrics,
             "metric_ids": self.settings.metric_ids,
-            "judge": {"content_consistency": content, "perceptual_quality": quality, "rationale": judged.rationale},
+            "judge": _judgement(judged) if judged is not None else None,
+            **extra,
             **self._rounds_record(rounds, started),
         }
 
@@ -445,6 +564,7 @@ class CaseRunner:
             "best_selection_by_round": [r.best_so_far.selection if r.best_so_far else None for r in rounds],
             "round_best_selection": [r.best.selection if r.best else None for r in rounds],
             "usage": self.usage.record(),
+            "describer_calls": self.describer_calls,
             "timings": {"stages_s": self.timings, "total_s": time.perf_counter() - started},
         }
 

@@ -39,6 +39,7 @@ from regen.orchestrator.loop import CaseFailed, CaseRunner, LoopSettings
 from regen.orchestrator.outcomes import REFUSED
 from regen.orchestrator.preflight import check_services
 from regen.orchestrator.progress import Reporter, SilentReporter
+from regen.orchestrator.reliability import plan as judge_plan
 from regen.orchestrator.report import write_report
 from regen.orchestrator.results import RunLayout, atomic_write_json
 from regen.orchestrator.settings import OrchestratorSettings
@@ -143,7 +144,9 @@ async def _run(
         await clients.close()
 
 
-def _loop_settings(settings: OrchestratorSettings, generator_info: Any, scorer_info: Any) -> LoopSettings:
+def _loop_settings(
+    settings: OrchestratorSettings, cases: list[Case], describer_info: Any, generator_info: Any, scorer_info: Any
+) -> LoopSettings:
     metric_names = {m.id: m.name for m in scorer_info.metrics}
     available = sorted(set(metric_names.values()))
     unknown = sorted(set(settings.selection_weights) - set(available))
@@ -168,6 +171,7 @@ def _loop_settings(settings: OrchestratorSettings, generator_info: Any, scorer_i
         generator_revision=generator_info.model.revision,
         generator_max_batch=generator_info.max_batch,
         scorer_max_candidates=scorer_info.max_candidates,
+        judge_plan=judge_plan(cases, settings.seed, settings.judge_checks, repeat=describer_info.judge_temperature > 0),
     )
 
 
@@ -184,7 +188,7 @@ async def _run_connected(
         clients.describer.info(), clients.generator.info(), clients.scorer.info()
     )
     check_services(settings, describer_info, generator_info, scorer_info)  # before the run folder exists
-    loop_settings = _loop_settings(settings, generator_info, scorer_info)
+    loop_settings = _loop_settings(settings, cases, describer_info, generator_info, scorer_info)
     identity = run_identity(settings, dataset, cases, describe_models(describer_info, generator_info, scorer_info))
     config_hash = stable_hash(identity)
     generator_model = identity["models"]["generator"]["model_id"]
@@ -238,7 +242,8 @@ async def _run_case(
         reporter.case_done(case.id, f"refused: the generator refused all {final['candidates']['total']} candidates")
         return
     m = final["metrics"]
-    reporter.case_done(case.id, f"selection {m['selection']:.4f}, judge {m['judge_content']}/{m['judge_quality']}")
+    judge = f"judge {m['judge_content']}/{m['judge_quality']}" if "judge_content" in m else "judge failed"
+    reporter.case_done(case.id, f"selection {m['selection']:.4f}, {judge}")
 
 
 async def _run_cases(

@@ -123,6 +123,11 @@ class OrchestratorSettings(SectionSettings):
     )
     generation: GenerationParams = Field(default_factory=GenerationParams)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    # Cases sampled (from the run seed) for the judge's reliability checks: each one's
+    # judgement asked again with the images swapped, against an unrelated reference
+    # (the control), and, where the judge samples, with another seed: 2 or 3 more Judge
+    # calls a case (regen.orchestrator.reliability). 0: none; the variance flags remain.
+    judge_checks: int = Field(8, ge=0, le=100_000)
 
     bootstrap_resamples: int = Field(10_000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)

@@ -28,6 +28,12 @@ class Totals:
     output_tokens: int = 0
     images: int = 0
     cost_usd: float | None = None
+    # The describer's model calls behind its answers (CallInfo.attempts, and a failed
+    # call's ErrorInfo metadata), of them repairs of invalid answers, and answers served
+    # from its cache (which cost nothing).
+    model_calls: int = 0
+    repairs: int = 0
+    cache_hits: int = 0
 
     COUNTS: ClassVar[tuple[str, ...]] = (
         "calls",
@@ -39,6 +45,9 @@ class Totals:
         "input_tokens",
         "output_tokens",
         "images",
+        "model_calls",
+        "repairs",
+        "cache_hits",
     )
 
     def add_reported(self, usage: Any) -> None:
@@ -50,6 +59,21 @@ class Totals:
         self.images += usage.images
         if usage.HasField("cost_usd"):
             self.cost_usd = (self.cost_usd or 0.0) + usage.cost_usd
+
+    def add_described(self, call: Any) -> None:
+        """Add a regen.v1.CallInfo: its usage, model calls, repairs, a cache hit."""
+        self.add_reported(call.usage)
+        self.model_calls += call.attempts
+        self.repairs += call.repairs
+        self.cache_hits += int(call.cached)
+
+    def add_failed(self, cost: dict[str, int]) -> None:
+        """Add what a failed call cost, as the service reported it (ErrorInfo metadata)."""
+        self.model_calls += cost.get("attempts", 0)
+        self.repairs += cost.get("repairs", 0)
+        self.api_calls += cost.get("api_calls", 0)
+        self.input_tokens += cost.get("input_tokens", 0)
+        self.output_tokens += cost.get("output_tokens", 0)
 
     def add(self, other: Totals) -> None:
         for name in self.COUNTS:
@@ -78,6 +102,12 @@ class CaseUsage:
     def totals(self, service: str, method: str) -> Totals:
         return self.services.setdefault(service, {}).setdefault(method, Totals())
 
+    def add(self, other: CaseUsage, suffix: str = "") -> None:
+        """Add another's totals, each method's name followed by `suffix`."""
+        for service, methods in other.services.items():
+            for method, totals in methods.items():
+                self.totals(service, method + suffix).add(totals)
+
     def record(self) -> dict[str, dict[str, Any]]:
         return {
             service: {method: totals.record() for method, totals in sorted(methods.items())}
@@ -104,6 +134,20 @@ def count_image(refused: bool) -> None:
             totals.refusals += 1
         else:
             totals.images_received += 1
+
+
+def count_described(service: str, method: str, call: Any) -> None:
+    """Add a describer answer's regen.v1.CallInfo."""
+    usage = CURRENT.get()
+    if usage is not None:
+        usage.totals(service, method).add_described(call)
+
+
+def count_failed(service: str, method: str, cost: dict[str, int]) -> None:
+    """Add what a failed attempt cost the service (its ErrorInfo metadata's numbers)."""
+    usage = CURRENT.get()
+    if usage is not None and cost:
+        usage.totals(service, method).add_failed(cost)
 
 
 def count_reported(service: str, method: str, reported: Any) -> None:

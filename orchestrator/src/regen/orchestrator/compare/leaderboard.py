@@ -12,6 +12,10 @@ the paired cases, and the describer consistency check.
   Holm-adjusted over all pairs of generators for each metric; a difference is
   significant when the adjusted p is below 1 - confidence. Its interval is a
   percentile bootstrap of the mean difference over the paired cases.
+- The judge's scores are ranked and tested only where they can be trusted: when the
+  judge's reliability checks failed in any of the runs (benchmark_final.json's
+  "judge_reliability"), judge_content, judge_quality and judge_mean are left out of the
+  leaderboard, and "judge" says why, unless the caller trusts the judge anyway.
 """
 
 from __future__ import annotations
@@ -156,10 +160,37 @@ def consistency(runs: Sequence[RunData], labels: dict[str, str], cases: Sequence
     return {"cases": len(cases), "consistent": not mismatches, "mismatches": mismatches, "note": note}
 
 
-def build(runs: Sequence[RunData], generators: Sequence[Generator]) -> dict[str, Any]:
+def judge_trust(runs: Sequence[RunData], *, trust: bool) -> dict[str, Any]:
+    """Whether the judge's scores may be ranked: not when its reliability checks failed
+    in a run (each such run named with its flags), unless `trust`."""
+    failed, unmeasured = [], []
+    for run in runs:
+        reliability = run.benchmark.get("judge_reliability") or {}
+        if reliability.get("passed") is False:
+            failed.append({"run": run.name, "flags": [f["flag"] for f in reliability.get("flags", [])]})
+        elif reliability.get("passed") is None:
+            unmeasured.append(run.name)
+    withheld = bool(failed) and not trust
+    if withheld:
+        note = (
+            "the judge's scores are left out: its reliability checks failed in "
+            + "; ".join(f"{f['run']} ({', '.join(f['flags'])})" for f in failed)
+            + " (regen compare --trust-judge ranks on them anyway)"
+        )
+    elif failed:
+        note = "the judge's reliability checks failed, but its scores are ranked as asked (--trust-judge)"
+    elif unmeasured:
+        note = f"the judge's reliability was not measured in {', '.join(unmeasured)}"
+    else:
+        note = None
+    return {"withheld": withheld, "trusted_by_request": bool(failed) and trust, "failed": failed, "note": note}
+
+
+def build(runs: Sequence[RunData], generators: Sequence[Generator], *, trust_judge: bool = False) -> dict[str, Any]:
     first = runs[0]
     config = first.run["config"]
-    metrics = list(first.benchmark["metrics"])
+    judge = judge_trust(runs, trust=trust_judge)
+    metrics = [m for m in first.benchmark["metrics"] if not (judge["withheld"] and m in outcomes.JUDGE_METRICS)]
     cases = [c["id"] for c in first.run["dataset"]["cases"]]
     categories = list(first.benchmark["categories"])
     category_of = {c["id"]: c["category"] for c in first.run["dataset"]["cases"]}
@@ -226,6 +257,7 @@ def build(runs: Sequence[RunData], generators: Sequence[Generator]) -> dict[str,
             "Holm-adjusted over the pairs of generators for each metric",
             "alpha": round(1.0 - config["confidence"], 10),
         },
+        "judge": judge,
         "generators": rows,
         "pairwise": pairs,
         "consistency": consistency(runs, labels, cases),

@@ -121,6 +121,8 @@ def markdown(board: dict[str, Any]) -> str:
             )
     if check["note"]:
         lines.append(f"Note: {check['note']}.")
+    if board["judge"]["note"]:
+        lines += ["", f"Judge: {board['judge']['note']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -167,14 +169,18 @@ def side_by_side(generators: Sequence[Generator], out: Path) -> list[dict[str, A
     return rows
 
 
-def write_leaderboard(paths: Sequence[Path], out: Path | None = None) -> tuple[dict[str, Any], Path]:
-    """Compare the runs; write the three files into `out` (default: `default_out`)."""
+def write_leaderboard(
+    paths: Sequence[Path], out: Path | None = None, *, trust_judge: bool = False
+) -> tuple[dict[str, Any], Path]:
+    """Compare the runs; write the three files into `out` (default: `default_out`).
+    The judge's scores are left out where its reliability checks failed, unless
+    `trust_judge`."""
     runs, generators = load_runs(paths)
     for run in runs:  # the rows link to each run's report
         if not (run.path / REPORT_FILE).is_file():
             write_report(run.path)
     out = Path(os.path.abspath(out or default_out([r.path for r in runs])))
-    board = build(runs, generators)
+    board = build(runs, generators, trust_judge=trust_judge)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / JSON_FILE, board)
     atomic_write_bytes(out / MARKDOWN_FILE, markdown(board).encode())

@@ -88,6 +88,7 @@ LIKE_FOR_LIKE: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
     ("describer model", lambda r: r["models"]["describer"]["model_id"]),
     ("describer revision", lambda r: r["models"]["describer"]["revision"]),
     ("describer prompt templates", lambda r: r["models"]["describer"].get("template_version")),
+    ("describer judge temperature", lambda r: r["models"]["describer"].get("judge_temperature", 0.0)),
     ("metric ids", lambda r: r["models"]["scorer"]["metric_ids"]),
     ("selection weights", lambda r: r["config"]["selection_weights"]),
     ("rounds", lambda r: r["config"]["rounds"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from regen.orchestrator import outcomes
-from regen.orchestrator.aggregate import aggregate
+from regen.orchestrator.aggregate import FORMAT, aggregate
 from regen.orchestrator.dataset import Case
 from regen.orchestrator.outcomes import CaseOutcome, read_outcome
 from regen.orchestrator.report.thumbs import Thumbnails
@@ -137,7 +137,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     run = read_json(layout.run_file)
     if layout.benchmark_file.is_file():
         benchmark = read_json(layout.benchmark_file)
-        if benchmark.get("format") == "regen.benchmark_final/2":
+        if benchmark.get("format") == FORMAT:  # an older format is computed again
             return run, benchmark
     return run, aggregate(layout, run_cases(run), run=run)
 

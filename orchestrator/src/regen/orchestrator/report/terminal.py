@@ -49,6 +49,9 @@ def usage_lines(benchmark: dict[str, Any]) -> list[str]:
             text += f" ({totals['retries']} retries)"
         if name == "generator":
             text += f", {totals['images_received']} images"
+        if totals.get("model_calls") or totals.get("cache_hits"):
+            text += f", {totals['model_calls']} model calls ({totals['repairs']} repairs)"
+            text += f", {totals['cache_hits']} cached"
         if totals["input_tokens"] or totals["output_tokens"]:
             text += f", {totals['input_tokens']}+{totals['output_tokens']} tokens"
         parts.append(text)
@@ -59,9 +62,41 @@ def usage_lines(benchmark: dict[str, Any]) -> list[str]:
     ]
 
 
+def judge_lines(benchmark: dict[str, Any]) -> list[Text]:
+    """The judge's reliability: a warning line per problem found, else one line of what
+    was checked; and the cases whose judge failed (judge metrics missing)."""
+    reliability = benchmark.get("judge_reliability") or {}
+    lines = []
+    if reliability.get("passed") is False:
+        lines.append(Text("warning: the judge's scores are not reliable in this run:", style="bold yellow"))
+    for warning in reliability.get("warnings", []):
+        lines.append(Text(f"  warning: {warning}", style="yellow"))
+    if reliability.get("passed"):
+        swap, control = reliability["swap"], reliability["control"]
+        lines.append(
+            Text(
+                f"judge: reliability checks passed on {reliability['sample']['checked']} cases (order swap "
+                f"agreement {pct(swap['within_one'])}, controls {num(control['mean_control'], 2)} vs candidates "
+                f"{num(control['mean_candidate'], 2)})"
+            )
+        )
+    failed = benchmark.get("judge_failed") or []
+    if failed:
+        coverage = (benchmark.get("metric_coverage") or {}).get("judge_content") or {}
+        lines.append(
+            Text(
+                f"warning: the judge failed on {len(failed)} cases; the judge metrics cover "
+                f"{coverage.get('cases', '?')} of {coverage.get('of', '?')} finished cases",
+                style="yellow",
+            )
+        )
+    return lines
+
+
 def run_summary(benchmark: dict[str, Any], report: Path | None) -> Group:
     lines: list[Any] = [metrics_table(benchmark)]
     lines += [Text(line) for line in (*outcome_lines(benchmark), *usage_lines(benchmark))]
+    lines += judge_lines(benchmark)
     if report is not None:
         lines.append(Text(f"report: {report}"))
     return Group(*lines)
