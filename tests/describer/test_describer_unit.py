@@ -437,3 +437,20 @@ def test_identical_concurrent_requests_share_one_model_call():
 
 def test_template_version_names_number_and_text_digest():
     assert re.fullmatch(r"\d+\+[0-9a-f]{8}", templates.TEMPLATE_VERSION)
+
+
+def test_cache_hits_misses_and_repairs_are_counted_in_the_metrics(tmp_path):
+    from prometheus_client import REGISTRY
+
+    def count(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (count("regen_describer_cache_total", result="hit"), count("regen_describer_cache_total", result="miss"))
+    repairs = count("regen_describer_repairs_total", task="revise")
+    backend = ScriptedBackend('{"prompt": ""}', '{"prompt": "red coat, street"}')
+    core = make_core(backend, AnswerCache(tmp_path))
+    for _ in range(2):
+        asyncio.run(core.revise("a coat", [Difference("content", "no street")], 0))
+    after = (count("regen_describer_cache_total", result="hit"), count("regen_describer_cache_total", result="miss"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    assert count("regen_describer_repairs_total", task="revise") - repairs == 1

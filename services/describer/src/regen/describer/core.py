@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
+from regen.common import metrics
 from regen.common.errors import BadModelOutput, RegenError
 from regen.common.images import ImageLimits
 from regen.describer import inputs, review, templates
@@ -420,6 +421,7 @@ class DescriberCore:
                         served_model=hit.served_model,
                         system_fingerprint=hit.system_fingerprint,
                     )
+                    metrics.DESCRIBER_CACHE.labels("hit").inc()
                     return Result(task.load(value), report)
                 log.warning(
                     "%s: cached answer %s fails validation (%s); removed, answering afresh",
@@ -428,6 +430,7 @@ class DescriberCore:
                     "; ".join(problems[:3]),
                 )
                 await asyncio.to_thread(self.cache.remove, key)
+        metrics.DESCRIBER_CACHE.labels("miss").inc()
         fresh, shared = await self._join(key, lambda: self._fresh(task, key, fields, seed))
         spent = fresh.spent
         report = CallReport(
@@ -518,6 +521,8 @@ class DescriberCore:
                     await asyncio.to_thread(self.cache.put, key, fields, entry)
                 return _Fresh(value, spent)
             log.info("%s: attempt %d/%d invalid: %s", task.name, attempt, attempts, "; ".join(problems[:5]))
+            if attempt < attempts:
+                metrics.DESCRIBER_REPAIRS.labels(task.name).inc()
             messages = templates.repair(task.messages, raw, problems)
         raise spent.failed(
             BadModelOutput(
