@@ -225,3 +225,20 @@ def test_embedded_default_starts_runs_and_stops_the_services(tiny_models, scene_
     assert set(started) == {"describer", "generator", "scorer"}
     assert all(address.startswith("127.0.0.1:") for address in started.values())
     assert not any(_listening(address) for address in started.values()), "services must be stopped after the run"
+
+
+def test_prepare_fills_the_describers_cache_for_the_run(tmp_path, scene_dataset, addresses, env):
+    """`regen prepare` runs every case's generator-independent steps; the run that follows
+    finds each of those answers in the describer's cache."""
+    args = ["--dataset", str(scene_dataset), "--out", str(tmp_path), "--limit", "2", "--seed", "41"]
+    args += ["--rounds", "1", "--candidates", "2", "--progress", "none", *addresses]
+    prepared = _regen(["prepare", *args], env)
+    assert prepared.returncode == 0, prepared.stderr
+    assert "2 of 2 cases prepared" in prepared.stdout
+    assert not list(tmp_path.iterdir()), "the pre-pass writes no run folder"
+    done = _regen(["run", *args], env)
+    assert done.returncode == 0, done.stderr
+    (summary,) = tmp_path.glob("*/benchmark_final.json")
+    describer = json.loads(summary.read_text())["usage"]["services"]["describer"]["by_method"]
+    for method in ("Understand", "WritePrompt", "Variants"):
+        assert describer[method]["cache_hits"] == describer[method]["calls"] == 2, (method, describer[method])

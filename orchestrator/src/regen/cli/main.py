@@ -303,6 +303,14 @@ def run(
         float | None, _run_option("startup_timeout", "Seconds to wait for locally started services.")
     ] = None,
     progress: Annotated[str | None, _run_option("progress", "auto (rich on a terminal), rich, plain or none.")] = None,
+    prepare_only: Annotated[
+        bool,
+        typer.Option(
+            "--prepare-only",
+            help="Only the pre-pass (what `regen prepare` runs): the describer's generator-independent "
+            "steps of every case, cached for the runs that follow.",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark a text-to-image model: regenerate every reference image of a dataset.
 
@@ -310,7 +318,9 @@ def run(
     REGEN_ORCHESTRATOR_* variable; the option wins.
     """
     # Every parameter but --config is a setting (RUN_FLAGS); those given override the rest.
-    flags = {name: value for name, value in locals().items() if name != "config" and value is not None}
+    flags = {
+        name: value for name, value in locals().items() if name not in ("config", "prepare_only") and value is not None
+    }
     import logging
 
     from regen.common.settings import load_settings
@@ -318,6 +328,7 @@ def run(
     from regen.orchestrator.launcher import LaunchError
     from regen.orchestrator.preflight import check_run
     from regen.orchestrator.progress import make_reporter
+    from regen.orchestrator.runner import prepare as prepare_cases
     from regen.orchestrator.runner import run as run_benchmark
 
     logging.basicConfig(level=os.environ.get("REGEN_LOG_LEVEL", "WARNING"), format="%(levelname)s %(message)s")
@@ -337,7 +348,10 @@ def run(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        summary = run_benchmark(settings, reporter, config_file=config)
+        if prepare_only:
+            prepared = prepare_cases(settings, reporter, config_file=config)
+        else:
+            summary = run_benchmark(settings, reporter, config_file=config)
     except LaunchError as exc:
         _fail(str(exc))
     except RunStopped as exc:
@@ -355,9 +369,26 @@ def run(
         raise typer.Exit(130) from None
     except (ValueError, RuntimeError, OSError) as exc:  # dataset, connection and run-folder errors name the problem
         _fail(str(exc))
+    if prepare_only:
+        typer.echo(f"{prepared.prepared} of {prepared.total} cases prepared")
+        raise typer.Exit(1 if prepared.failed else 0)
     _print_run_end(summary)
     if not summary.complete:
         raise typer.Exit(1)
+
+
+@app.command(
+    "prepare", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+)
+def prepare(ctx: typer.Context) -> None:
+    """The pre-pass of a leaderboard: understand every reference, write its first prompt and
+    draw round 1's variants, once per dataset and describer. Takes the options of `regen
+    run` (see `regen run --help`); the describer caches the answers, so each generator's
+    run that follows starts generating at once."""
+    command = typer.main.get_command(app)
+    # Outside standalone mode click returns the exit status instead of exiting.
+    status = command.main(["run", "--prepare-only", *ctx.args], prog_name="regen", standalone_mode=False)
+    raise typer.Exit(status if isinstance(status, int) else 0)
 
 
 def _console() -> Any:

@@ -17,10 +17,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from regen.orchestrator.admission import Gate, make_gate
 from regen.orchestrator.aggregate import aggregate
@@ -104,13 +106,43 @@ def run(
     """Run (or resume) a benchmark; start the services that have no address, and stop them
     after. `config_file` is passed to the services started here (they read their own
     sections of it)."""
+    return _with_services(settings, reporter, config_file, _run_connected)
+
+
+@dataclass
+class PrepareSummary:
+    total: int
+    prepared: int
+    # (case id, what went wrong) of the cases whose preparation failed.
+    failed: list[tuple[str, str]]
+
+
+def prepare(
+    settings: OrchestratorSettings, reporter: Reporter | None = None, *, config_file: Path | None = None
+) -> PrepareSummary:
+    """The pre-pass: every case's generator-independent steps (understand, the first prompt
+    within the generator's token budget, round 1's variants), once per dataset and
+    describer. The describer caches the answers, so the runs of a leaderboard that use
+    it afterwards, one per generator, feed their generators from their first second.
+    Nothing is written to a run folder."""
+    return _with_services(settings, reporter, config_file, _prepare_connected)
+
+
+T = TypeVar("T")
+Work = Callable[..., Awaitable[T]]
+
+
+def _with_services(
+    settings: OrchestratorSettings, reporter: Reporter | None, config_file: Path | None, work: Work[T]
+) -> T:
+    """Resolve the dataset, reach (or start) the services, connect, then `work`."""
     reporter = reporter or SilentReporter()
     started = time.monotonic()
     dataset = resolve_dataset(settings.dataset)
     cases = dataset.select(settings.limit)
     given = {name: address for name in SERVICES if (address := getattr(settings, name))}
     if not settings.embedded:
-        return asyncio.run(_run(settings, dataset, cases, given, reporter, started))
+        return asyncio.run(_connected(settings, dataset, cases, given, reporter, started, work))
     preset = settings.service_preset
     if preset == "tiny":
         ensure_tiny_models(reporter)
@@ -125,23 +157,65 @@ def run(
     with services:
         addresses = {**given, **{name: services.address(name) for name in settings.embedded}}
         reporter.message("services: " + ", ".join(f"{n} {a}" for n, a in sorted(addresses.items())))
-        return asyncio.run(_run(settings, dataset, cases, addresses, reporter, started))
+        return asyncio.run(_connected(settings, dataset, cases, addresses, reporter, started, work))
 
 
-async def _run(
+async def _connected(
     settings: OrchestratorSettings,
     dataset: Dataset,
     cases: list[Case],
     addresses: dict[str, str],
     reporter: Reporter,
     started: float,
-) -> RunSummary:
+    work: Work[T],
+) -> T:
     clients = Clients.connect(addresses, settings.retry)
     try:
-        await clients.wait_until_serving(settings.connect_timeout_s)
-        return await _run_connected(settings, dataset, cases, addresses, clients, reporter, started)
+        await clients.wait_until_serving(settings.connect_timeout_s, reporter.message)
+        return await work(settings, dataset, cases, addresses, clients, reporter, started)
     finally:
         await clients.close()
+
+
+async def _prepare_connected(
+    settings: OrchestratorSettings,
+    dataset: Dataset,
+    cases: list[Case],
+    addresses: dict[str, str],
+    clients: Clients,
+    reporter: Reporter,
+    started: float,
+) -> PrepareSummary:
+    describer_info, generator_info, scorer_info = await asyncio.gather(
+        clients.describer.info(), clients.generator.info(), clients.scorer.info()
+    )
+    check_services(settings, describer_info, generator_info, scorer_info)
+    loop_settings = _loop_settings(settings, cases, describer_info, generator_info, scorer_info)
+    slots = asyncio.Semaphore(settings.prepare_ahead)
+    failed: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="regen-prepare-") as scratch:
+        layout = RunLayout(Path(scratch))
+
+        async def one(case: Case) -> None:
+            async with slots:
+                try:
+                    await CaseRunner(clients, loop_settings, layout, case, on_stage=reporter.stage).prepare()
+                except CaseFailed as failure:
+                    failed.append((case.id, f"{failure.stage}: {failure}"))
+                    reporter.case_failed(case.id, f"{failure.stage}: {failure}")
+                else:
+                    reporter.case_done(case.id, "prepared")
+
+        reporter.start(len(cases), 0)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for case in cases:
+                    group.create_task(one(case))
+        except* RunInterrupted as stopped:
+            raise stopped.exceptions[0] from None
+        finally:
+            reporter.stop()
+    return PrepareSummary(total=len(cases), prepared=len(cases) - len(failed), failed=failed)
 
 
 def _loop_settings(
