@@ -173,7 +173,7 @@ def test_over_budget_prompts_are_cut_like_the_pipeline_and_reported(stub) -> Non
         ({"height": 100}, [prompt(FOX, 1)], "height: 100 is not a multiple of 8"),
         ({}, [prompt(FOX, 1), prompt("x" * 100_000, 2)], "prompts[1].text: 100000 characters"),
         ({}, [prompt(FOX, 1), prompt(CAR, -3)], "prompts[1].seed: -3 is negative"),
-        ({}, [prompt(FOX, i) for i in range(9)], "9 prompts exceed this generator's max_batch of 8"),
+        ({}, [prompt(FOX, i) for i in range(17)], "17 prompts exceed this generator's max_batch of 16"),
         ({}, [prompt("   ", 1)], "prompts[0].text: empty"),
         ({"guidance_scale": -1.0}, [prompt(FOX, 1)], "guidance_scale: -1.0"),
         ({"steps": 100_000}, [prompt(FOX, 1)], "steps: 100000 is out of range"),
