@@ -212,3 +212,33 @@ def test_tls_settings_errors_name_the_setting(tmp_path, pki) -> None:
         tls.use_client_tls(TLSFiles(ca_file=tmp_path / "junk.pem"))
     with pytest.raises(TLSConfigError, match="mutual TLS needs the server's cert_file"):
         tls.server_credentials(TLSFiles(ca_file=pki["ca"]))
+
+
+def test_regen_check_speaks_mutual_tls(pki) -> None:
+    """A vendor's server behind mTLS passes `regen check` given the CA and a client
+    certificate; without them it is named unreachable, and a bad file is named by option."""
+    from support import broken_generator
+    from typer.testing import CliRunner
+
+    from regen.cli.main import app
+
+    server = tls.server_credentials(
+        TLSFiles(cert_file=pki["server_cert"], key_file=pki["server_key"], ca_file=pki["ca"])
+    )
+    client = ["--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"])]
+    runner = CliRunner()
+    with broken_generator.serve("none", credentials=server) as address:
+        trusted = runner.invoke(app, ["check", "generator", address, *client])
+        plaintext = runner.invoke(app, ["check", "generator", address, "--connect-timeout", "2"])
+        no_cert = runner.invoke(
+            app, ["check", "generator", address, "--tls-ca", str(pki["ca"]), "--connect-timeout", "2"]
+        )
+    assert trusted.exit_code == 0, trusted.output
+    assert "0 failed" in trusted.output
+    assert plaintext.exit_code == 2 and "cannot reach" in plaintext.output and "or TLS?" in plaintext.output
+    assert no_cert.exit_code == 2 and "does it trust this client?" in no_cert.output
+
+    missing = runner.invoke(app, ["check", "generator", address, "--tls-ca", str(pki["ca"]) + ".missing"])
+    assert missing.exit_code == 2 and "--tls-ca: cannot read" in missing.output
+    alone = runner.invoke(app, ["check", "generator", address, "--tls-cert", str(pki["client_cert"])])
+    assert alone.exit_code == 2 and "--tls-cert and --tls-key go together" in alone.output

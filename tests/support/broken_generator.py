@@ -155,14 +155,16 @@ def _problem(request) -> str:
 
 
 @contextmanager
-def serve(fault: str) -> Iterator[str]:
-    """A server with `fault` on 127.0.0.1; yields its address."""
-    with serving(fault) as (address, _servicer):
+def serve(fault: str, credentials: grpc.ServerCredentials | None = None) -> Iterator[str]:
+    """A server with `fault` on 127.0.0.1 (TLS with `credentials`); yields its address."""
+    with serving(fault, credentials=credentials) as (address, _servicer):
         yield address
 
 
 @contextmanager
-def serving(fault: str, refuse_seeds: frozenset[int] = frozenset()) -> Iterator[tuple[str, BrokenGenerator]]:
+def serving(
+    fault: str, refuse_seeds: frozenset[int] = frozenset(), credentials: grpc.ServerCredentials | None = None
+) -> Iterator[tuple[str, BrokenGenerator]]:
     """Like `serve`, also yielding the servicer (to read the requests it received)."""
     assert fault in FAULTS, fault
     servicer = BrokenGenerator(fault, refuse_seeds)
@@ -176,7 +178,11 @@ def serving(fault: str, refuse_seeds: frozenset[int] = frozenset()) -> Iterator[
         if fault != "no_health":
             names = ["regen.v1.Generator"] if fault == "health_other_name" else ["", "regen.v1.Generator"]
             health_pb2_grpc.add_HealthServicer_to_server(Health(names), server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = (
+            server.add_insecure_port("127.0.0.1:0")
+            if credentials is None
+            else server.add_secure_port("127.0.0.1:0", credentials)
+        )
         await server.start()
         return server, port
 

@@ -11,7 +11,7 @@ servers (`ca_file`, else the system's roots) and which certificate it presents
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +50,22 @@ def server_credentials(tls: TLSFiles, section: str = "tls") -> grpc.ServerCreden
     )
 
 
-def channel_credentials(tls: TLSFiles, section: str = "tls") -> grpc.ChannelCredentials | None:
-    """A client's credentials, or None for a plaintext channel (nothing configured)."""
+def channel_credentials(
+    tls: TLSFiles, section: str = "tls", *, names: Mapping[str, str] | None = None
+) -> grpc.ChannelCredentials | None:
+    """A client's credentials, or None for a plaintext channel (nothing configured).
+    Errors name `section.<field>`, or `names[field]` where given (a CLI option, say)."""
     if not tls.configured:
         return None
+    names = names or {}
+
+    def name(field: str) -> str:
+        return names.get(field, f"{section}.{field}")
+
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca_file, f"{section}.ca_file"),
-        private_key=_read(tls.key_file, f"{section}.key_file"),
-        certificate_chain=_read(tls.cert_file, f"{section}.cert_file"),
+        root_certificates=_read(tls.ca_file, name("ca_file")),
+        private_key=_read(tls.key_file, name("key_file")),
+        certificate_chain=_read(tls.cert_file, name("cert_file")),
     )
 
 

@@ -499,22 +499,49 @@ def check(
     connect_timeout: Annotated[
         float, typer.Option("--connect-timeout", help="Seconds to wait for the server to answer at all.")
     ] = 30.0,
+    use_tls: Annotated[
+        bool, typer.Option("--tls", help="Connect with TLS, verifying the server against the system's roots.")
+    ] = False,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="PEM CA to verify the server with (implies --tls).")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM client certificate, for a server that asks for one (mTLS).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")] = None,
 ) -> None:
     """Check that a server conforms to the regen.v1 contract; exit 1 if any check fails."""
     import grpc
     from rich.console import Console
 
     from regen.common.grpc_server import channel_options
+    from regen.common.settings import TLSFiles
+    from regen.common.tls import TLSConfigError, channel_credentials
     from regen.conformance.outcome import render, run_checks
 
     if service not in CHECK_SERVICES:
         _fail(f"service: {service!r} is not one of {', '.join(CHECK_SERVICES)}")
+    if (tls_cert is None) != (tls_key is None):
+        _fail("--tls-cert and --tls-key go together")
+    try:
+        credentials = channel_credentials(
+            TLSFiles(enabled=use_tls, ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key),
+            names={"ca_file": "--tls-ca", "cert_file": "--tls-cert", "key_file": "--tls-key"},
+        )
+    except TLSConfigError as exc:
+        _fail(str(exc))
     suite = importlib.import_module(f"regen.conformance.{service}")
-    with grpc.insecure_channel(address, options=channel_options()) as channel:
+    channel = (
+        grpc.insecure_channel(address, options=channel_options())
+        if credentials is None
+        else grpc.secure_channel(address, credentials, options=channel_options())
+    )
+    with channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
-            _fail(f"cannot reach {address} within {connect_timeout:.0f} s (is it running, and is it host:port?)")
+            hint = "is it running, is it host:port" + (", does it trust this client?" if credentials else ", or TLS?")
+            _fail(f"cannot reach {address} within {connect_timeout:.0f} s ({hint})")
         results = run_checks(suite.CHECKS, channel, refusal_prompt=refusal_prompt)
     console = Console(stderr=False, width=max(120, Console().width))
     console.print(render(results, f"regen.v1.{service.capitalize()} at {address}"))
