@@ -20,6 +20,7 @@ from support.fake_chat_api import FINGERPRINT, SERVED_MODEL, FakeChatAPI
 
 from regen.common.errors import RegenError
 from regen.common.settings import load_settings
+from regen.conformance.describer import assert_call_infos_valid
 from regen.describer import convert, review, schemas, templates
 from regen.describer.answers import Difference, ImageUnderstandingTree
 from regen.describer.backends.openai_backend import UNPINNED, OpenAIBackend
@@ -167,6 +168,7 @@ def test_one_bad_answer_is_repaired_in_one_more_request(api, tmp_path, behaviour
     assert (result.answer.content_consistency, result.answer.perceptual_quality) == (4, 5)
     assert len(api.requests) == 2
     assert (result.call.attempts, result.call.repairs, result.call.usage.api_calls) == (2, 1, 2)
+    assert_call_infos_valid(convert.call_info(result.call))
     # The repair request carries the problems and is sampled with the next seed.
     first, repair = api.requests
     assert repair["seed"] == first["seed"] + 1
@@ -187,6 +189,7 @@ def test_a_cached_answer_costs_nothing_and_says_so(api, tmp_path):
     assert (call.served_model, call.system_fingerprint, call.seed) == (SERVED_MODEL, FINGERPRINT, fresh.call.seed)
     info = convert.call_info(call)
     assert info.cached and info.usage.api_calls == 0 and info.served_model == SERVED_MODEL
+    assert_call_infos_valid(info, convert.call_info(fresh.call))
 
 
 @pytest.mark.parametrize(
@@ -260,6 +263,7 @@ def test_every_task_reports_its_usage_and_every_request_is_seeded(api, tmp_path)
         assert "max_tokens" in request and "max_completion_tokens" not in request
         info = convert.call_info(call)
         assert info.usage.api_calls == 1 and info.seed == call.seed and info.input_tokens == call.input_tokens
+        assert_call_infos_valid(info)  # as `regen check describer` would see it
     assert results[2].call.seed == 11
     assert len(cache_entries(tmp_path)) == 6
 

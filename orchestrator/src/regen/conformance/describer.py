@@ -43,11 +43,34 @@ def _stub(channel: grpc.Channel) -> describer_pb2_grpc.DescriberStub:
     return describer_pb2_grpc.DescriberStub(channel)
 
 
-def _calls_are_described(*calls: describer_pb2.CallInfo) -> None:
+def assert_call_infos_valid(*calls: describer_pb2.CallInfo) -> None:
+    """Each CallInfo states what its answer cost consistently (AssertionError naming the field)."""
     for call in calls:
         assert call.cache_key, f"CallInfo without a cache_key: {call}"
-        assert call.attempts >= 0 and call.output_tokens >= 0 and call.elapsed_s >= 0, f"CallInfo out of range: {call}"
+        counts = (call.attempts, call.repairs, call.input_tokens, call.output_tokens, call.elapsed_s)
+        assert min(counts) >= 0, f"CallInfo out of range: {call}"
         assert call.attempts == 0 or not call.cached, f"a cached answer spent model calls: {call}"
+        assert call.repairs < call.attempts or call.repairs == call.attempts == 0, (
+            f"CallInfo.repairs {call.repairs} is not fewer than its attempts {call.attempts}"
+        )
+        assert call.served_model, f"CallInfo without served_model (the model that answered): {call}"
+        _usage_is_described(call)
+
+
+def _usage_is_described(call: describer_pb2.CallInfo) -> None:
+    usage = call.usage
+    counts = (usage.api_calls, usage.retries, usage.input_tokens, usage.output_tokens, usage.images)
+    assert min(counts) >= 0, f"CallInfo.usage out of range: {usage}"
+    assert not usage.HasField("cost_usd") or usage.cost_usd >= 0, f"CallInfo.usage.cost_usd negative: {usage}"
+    assert usage.retries == 0, f"CallInfo.usage.retries is {usage.retries}: a describer never repeats an API call"
+    assert usage.api_calls <= call.attempts, (
+        f"CallInfo.usage.api_calls {usage.api_calls} exceeds the model calls made ({call.attempts})"
+    )
+    if call.cached:
+        assert max(counts) == 0 and not usage.HasField("cost_usd"), f"a cached answer billed usage: {usage}"
+    assert usage.input_tokens <= call.input_tokens and usage.output_tokens <= call.output_tokens, (
+        f"CallInfo.usage bills more tokens than the answer took: {call}"
+    )
 
 
 def _prompt_is_clean(prompt: str, where: str) -> None:
@@ -114,7 +137,7 @@ def check_every_task_answers_in_shape(channel: grpc.Channel) -> None:
     assert judged.content_consistency in SCORES, f"content_consistency {judged.content_consistency} not in 1..5"
     assert judged.perceptual_quality in SCORES, f"perceptual_quality {judged.perceptual_quality} not in 1..5"
     assert judged.rationale.strip(), "Judge.rationale is empty"
-    _calls_are_described(understood.call, first.call, variants.call, compared.call, revised.call, judged.call)
+    assert_call_infos_valid(understood.call, first.call, variants.call, compared.call, revised.call, judged.call)
 
 
 def check_variants_follow_their_seed(channel: grpc.Channel) -> None:
