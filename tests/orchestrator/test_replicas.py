@@ -40,21 +40,33 @@ def free_port(*hosts: str) -> int:
     raise RuntimeError("no port free on every host")
 
 
-def spread(target: str, requests: int = 8) -> dict[str, int]:
-    """Images per replica after `requests` Generate calls of 3 prompts through one channel."""
+def spread(target: str, replica_count: int = 2, requests: int = 8) -> dict[str, int]:
+    """Images per replica of `requests` Generate calls of 3 prompts through one channel,
+    counted once every replica has answered (round_robin picks only connected replicas,
+    and on a loaded machine the second may connect a moment after the first)."""
 
     async def main() -> dict[str, int]:
         client = GeneratorClient(target, RetryPolicy())
         try:
             info = await client.info()
-            for r in range(requests):
-                prompts = [generator_pb2.PromptSpec(text=f"a lighthouse {r} {k}", seed=k) for k in range(3)]
+
+            async def generate(label: str) -> None:
+                prompts = [generator_pb2.PromptSpec(text=f"a lighthouse {label} {k}", seed=k) for k in range(3)]
                 expected = [
                     ExpectedImage(f"candidate {k + 1}", k, 64, 64, info.model.model_id, info.model.revision)
                     for k in range(3)
                 ]
                 await client.generate(prompts, expected)
-            return {name: stats.images for name, stats in client.ledger.replicas.items()}
+
+            for attempt in range(50):
+                if len(client.ledger.replicas) == replica_count:
+                    break
+                await generate(f"warm-up {attempt}")
+                await asyncio.sleep(0.1)
+            before = {name: stats.images for name, stats in client.ledger.replicas.items()}
+            for r in range(requests):
+                await generate(str(r))
+            return {name: stats.images - before.get(name, 0) for name, stats in client.ledger.replicas.items()}
         finally:
             await client.close()
 
