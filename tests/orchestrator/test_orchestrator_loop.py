@@ -23,10 +23,11 @@ import yaml
 from PIL import Image
 from support.heavy_imports import HEAVY_MODULES, run_regen_cli
 
-from regen.common.errors import BadModelOutput, Overloaded
+from regen.common.errors import BadModelOutput, Overloaded, RegenError
 from regen.common.grpc_server import GrpcHost, Registration, grpc_errors
 from regen.orchestrator.clients import ConnectError
 from regen.orchestrator.identity import RunMismatch
+from regen.orchestrator.reliability import judge_seed
 from regen.orchestrator.results import read_json
 from regen.orchestrator.runner import RunError, run
 from regen.orchestrator.seeds import candidate_seed, variants_seed
@@ -66,6 +67,8 @@ class Faults:
         self.judge_mode = "hash"
         self.judge_temperature = 0.0
         self.judge_fail_for: set[bytes] = set()
+        # reference PNGs whose Judge fails with INTERNAL (the describer's server broke).
+        self.judge_crash_for: set[bytes] = set()
         self.judge_seeds: list[int] = []
         # Answer this many Judge calls RESOURCE_EXHAUSTED (a rate-limited chat API behind).
         self.judge_rate_limited = 0
@@ -132,6 +135,8 @@ class FakeDescriber(describer_pb2_grpc.DescriberServicer):
         if faults.judge_rate_limited > 0:
             faults.judge_rate_limited -= 1
             raise Overloaded("describer: the chat API is rate limiting (429)").with_metadata(attempts=1, api_calls=1)
+        if request.reference_png in faults.judge_crash_for:
+            raise RegenError("describer: the model server crashed").with_metadata(attempts=1, api_calls=1)
         if request.reference_png in faults.judge_fail_for:
             raise BadModelOutput("judge: the model gave no valid answer in 3 attempts").with_metadata(
                 attempts=3, repairs=2, api_calls=3, input_tokens=900, output_tokens=60
@@ -560,6 +565,47 @@ def test_a_failed_judge_leaves_the_similarity_metrics_standing(fakes, dataset, t
     totals = bench["usage"]["services"]["describer"]["by_method"]["Judge"]
     assert (totals["calls"], totals["model_calls"], totals["api_calls"]) == (5, 4 + 3, 4 + 3)
     assert (summary.run_dir / "report.html").read_text().count("Judge failed") >= 2
+
+
+def test_a_resumed_run_judges_again_only_where_the_judge_failed_transiently(fakes, dataset, tmp_path):
+    """A judge that broke (INTERNAL) is asked again on resume, on the same image with the
+    same seed, and nothing else of the case runs again; a judge whose answer stayed invalid
+    (FAILED_PRECONDITION) is not: asking again would only re-roll it."""
+    fakes.faults.judge_mode = "fair"
+    fakes.faults.judge_crash_for.add(_reference_png(dataset, "dog_1"))
+    fakes.faults.judge_fail_for.add(_reference_png(dataset, "cat_2"))
+    config = _config(fakes, dataset, tmp_path / "out", rounds=1, candidates=2, judge_checks=0)
+    first = run(config)
+    path = first.run_dir / "dog_1" / "final" / "final_metrics.json"
+    before = read_json(path)
+    assert before["judge_failure"]["code"] == "INTERNAL" and first.benchmark["metrics"]["judge_mean"]["n"] == 3
+    seeds, generated = list(fakes.faults.judge_seeds), fakes.faults.calls["Generate"]
+
+    fakes.faults.judge_crash_for.clear()
+    again = run(config)
+    assert (again.done, again.skipped, again.benchmark["timings"]["cases_rejudged"]) == (5, 4, 1)
+    assert again.report is not None and again.report_error is None
+    assert fakes.faults.calls["Generate"] == generated, "only the judge runs again"
+    after = read_json(path)
+    dog_seed = judge_seed(config.seed, "dog_1")
+    assert fakes.faults.judge_seeds[len(seeds) :] == [dog_seed] and dog_seed in seeds, "the same seed as before"
+    assert "judge_failure" not in after and after["judge"]["content_consistency"] >= 1
+    assert after["judge_retried"] == [before["judge_failure"]]
+    judge_metrics = {"judge_content", "judge_quality", "judge_mean"}
+    assert set(after["metrics"]) == set(before["metrics"]) | judge_metrics
+    assert {k: v for k, v in after["metrics"].items() if k not in judge_metrics} == before["metrics"]
+    assert after["best"] == before["best"]
+    # Both Judge calls are paid for: the one that broke and the one that answered.
+    assert after["usage"]["describer"]["Judge"]["calls"] == 2
+    assert after["timings"]["total_s"] > before["timings"]["total_s"]
+    bench = again.benchmark
+    assert [(f["case"], f["code"]) for f in bench["judge_failed"]] == [("cat_2", "FAILED_PRECONDITION")]
+    assert bench["metric_coverage"]["judge_mean"] == {"cases": 4, "of": 5, "missing": ["cat_2"]}
+
+    # Nothing left that a resume would judge again.
+    judged = fakes.faults.calls["Judge"]
+    third = run(config)
+    assert third.skipped == 5 and fakes.faults.calls["Judge"] == judged
 
 
 def test_every_request_behind_a_retried_judge_is_counted(fakes, dataset, tmp_path):

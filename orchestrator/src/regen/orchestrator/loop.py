@@ -359,10 +359,10 @@ class CaseRunner:
             refused = self._refused_record(rounds, prepared.started)
             await self._write_json(self.layout.final_metrics_file(self.case.id), refused)
             return refused
-        judged, failure = await self._judge(reference, best)
+        judged, failure = await self._judge(reference, best.candidate.png)
         checks = None
         if judged is not None and self.case.id in self.settings.judge_plan:
-            checks = await self._stage("judge_checks", self._judge_checks(reference, best))
+            checks = await self._stage("judge_checks", self._judge_checks(reference, best.candidate.png))
         final = self._final_record(best, judged, failure, checks, rounds, prepared.started)
         await asyncio.to_thread(
             atomic_write_bytes, self.layout.final_dir(self.case.id) / "best_image.png", best.candidate.png
@@ -437,14 +437,14 @@ class CaseRunner:
         record.describer_calls.update(compare=_call_record(compared.call), revise=_call_record(revised.call))
 
     async def _judge(
-        self, reference: bytes, best: Best
+        self, reference: bytes, candidate: bytes
     ) -> tuple[describer_pb2.JudgeResponse, None] | tuple[None, dict[str, Any]]:
         """The judgement, or, when the describer fails or breaks the contract, what went
         wrong: the case stands on its similarity metrics (a run that can go on at all
         is not stopped: RunInterrupted passes)."""
         seed = judge_seed(self.settings.run_seed, self.case.id)
         try:
-            judged = await self._stage("judge", self.describer.judge(reference, best.candidate.png, seed))
+            judged = await self._stage("judge", self.describer.judge(reference, candidate, seed))
             _check_scores(judged)
         except (ServiceError, ContractViolation) as exc:
             if isinstance(exc, RunInterrupted):
@@ -453,13 +453,54 @@ class CaseRunner:
         self.describer_calls["judge"] = _call_record(judged.call)
         return judged, None
 
-    async def _judge_checks(self, reference: bytes, best: Best) -> dict[str, Any]:
+    async def rejudge(self, final: dict[str, Any]) -> dict[str, Any]:
+        """A finished case whose judge failed for a passing reason (`transient_judge_failure`):
+        the judge again, on the same best image with the same seed; its reliability checks
+        too where the plan has the case. final_metrics.json is rewritten in place, with
+        what the earlier attempt cost kept in "usage" and its failure in "judge_retried"."""
+        return await self._guarded(self._rejudge(final))
+
+    async def _rejudge(self, final: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        final_dir = self.layout.final_dir(self.case.id)
+        reference = await self._stage("load", asyncio.to_thread(load_reference_png, self.case))
+        candidate = await asyncio.to_thread((final_dir / "best_image.png").read_bytes)
+        judged, failure = await self._judge(reference, candidate)
+        checks = None
+        if judged is not None and self.case.id in self.settings.judge_plan:
+            checks = await self._stage("judge_checks", self._judge_checks(reference, candidate))
+        record = dict(final)
+        metrics = {k: v for k, v in record["metrics"].items() if k not in outcomes.JUDGE_METRICS}
+        record.pop("judge_failure", None)
+        record["judge"] = None
+        if judged is not None:
+            content, quality = judged.content_consistency, judged.perceptual_quality
+            metrics.update(judge_content=content, judge_quality=quality, judge_mean=(content + quality) / 2)
+            record["judge"] = _judgement(judged)
+        else:
+            record["judge_failure"] = failure
+        if checks is not None:
+            record["judge_checks"] = checks
+        record["metrics"] = metrics
+        record["judge_retried"] = [*final.get("judge_retried", []), final["judge_failure"]]
+        spent = usage.CaseUsage.from_record(final.get("usage", {}))
+        spent.add(self.usage)
+        record["usage"] = spent.record()
+        record["describer_calls"] = {**final.get("describer_calls", {}), **self.describer_calls}
+        stages = dict(final["timings"]["stages_s"])
+        for stage, seconds in self.timings.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+        total = final["timings"]["total_s"] + time.perf_counter() - started
+        record["timings"] = {**final["timings"], "stages_s": stages, "total_s": total}
+        await self._write_json(self.layout.final_metrics_file(self.case.id), record)
+        return record
+
+    async def _judge_checks(self, reference: bytes, candidate: bytes) -> dict[str, Any]:
         """The reliability checks of this case's judgement: the images swapped, the
         reference against its control, and (a sampling judge) a repeat with another
         seed. A failed check is recorded, never fails the case. Their calls are counted
         apart ("Judge:reliability") and in the record's "usage"."""
         plan, run_seed, case = self.settings.judge_plan, self.settings.run_seed, self.case.id
-        candidate = best.candidate.png
         checks: dict[str, Any] = {}
         spent = usage.CaseUsage()
         token = usage.CURRENT.set(spent)

@@ -31,6 +31,21 @@ JUDGE_PENALTY = 1.0
 SIMILARITY_PENALTY = 0.0
 
 
+# Judge failures of the infrastructure, not of the judge's answer: a resumed run judges
+# these cases again. An answer that stayed invalid (FAILED_PRECONDITION) or broke the
+# contract stands: asking again would only re-roll a sampling judge.
+TRANSIENT_JUDGE_CODES = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNKNOWN", "CANCELLED"}
+)
+
+
+def judge_failed_transiently(final: dict[str, Any]) -> bool:
+    """A finished case (final_metrics.json's content) whose Judge call failed for a
+    passing reason, so that a resumed run asks again."""
+    failure = final.get("judge_failure")
+    return final.get("status") == DONE and isinstance(failure, dict) and failure.get("code") in TRANSIENT_JUDGE_CODES
+
+
 def penalty(metric: str) -> float:
     """The value a refused case takes for `metric` in the headline numbers."""
     return JUDGE_PENALTY if metric in JUDGE_METRICS else SIMILARITY_PENALTY

@@ -8,7 +8,8 @@ cases.
 
 Resume: a case is finished iff <case>/final/final_metrics.json exists. On start, the
 finished cases are skipped; any other case folder (interrupted, or failed last time) is
-removed and the case is run again from the start.
+removed and the case is run again from the start. A finished case whose Judge failed for
+a passing reason (outcomes.TRANSIENT_JUDGE_CODES) is judged again, and only that.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ from regen.orchestrator.identity import (
 )
 from regen.orchestrator.launcher import SERVICES, LocalServices
 from regen.orchestrator.loop import CaseFailed, CaseRunner, LoopSettings
-from regen.orchestrator.outcomes import REFUSED
+from regen.orchestrator.outcomes import REFUSED, judge_failed_transiently
 from regen.orchestrator.preflight import check_services
 from regen.orchestrator.progress import Reporter, SilentReporter
 from regen.orchestrator.reliability import plan as judge_plan
 from regen.orchestrator.report import write_report
-from regen.orchestrator.results import RunLayout, atomic_write_json
+from regen.orchestrator.results import RunLayout, atomic_write_json, read_json
 from regen.orchestrator.settings import OrchestratorSettings
 
 TINY_MODEL_DIRS = ("clip", "dinov2", "stable-diffusion", "qwen2.5-vl")
@@ -320,6 +321,33 @@ async def _run_case(
     reporter.case_done(case.id, f"selection {m['selection']:.4f}, {judge}")
 
 
+def _judge_failed_transiently(layout: RunLayout, case: Case) -> bool:
+    try:
+        final = read_json(layout.final_metrics_file(case.id))
+    except (OSError, ValueError):
+        return False  # the report and the aggregate name an unreadable record
+    return isinstance(final, dict) and judge_failed_transiently(final)
+
+
+async def _rejudge_case(
+    case: Case, clients: Clients, loop_settings: LoopSettings, layout: RunLayout, reporter: Reporter, gate: Gate
+) -> None:
+    """A finished case whose Judge failed transiently last time: only the judge again.
+    The case stays finished whatever happens; a new failure replaces the old one."""
+    ticket = await gate.start()
+    runner = CaseRunner(clients, loop_settings, layout, case, on_stage=reporter.stage)
+    try:
+        final = await runner.rejudge(read_json(layout.final_metrics_file(case.id)))
+    except CaseFailed as failure:
+        reporter.case_done(case.id, f"judged again, but {failure.stage} failed: {failure}; the case stands as it was")
+        return
+    finally:
+        gate.finish(ticket)
+    m = final["metrics"]
+    judge = f"judge {m['judge_content']}/{m['judge_quality']}" if "judge_content" in m else "judge failed again"
+    reporter.case_done(case.id, f"judged again: {judge}")
+
+
 async def _run_cases(
     settings: OrchestratorSettings,
     cases: list[Case],
@@ -331,7 +359,8 @@ async def _run_cases(
     started: float,
 ) -> RunSummary:
     todo = [case for case in cases if not layout.is_done(case.id)]
-    skipped = len(cases) - len(todo)
+    rejudge = [case for case in cases if case not in todo and _judge_failed_transiently(layout, case)]
+    skipped = len(cases) - len(todo) - len(rejudge)
     busy_before = await _busy(clients)
     gate = make_gate(settings, clients, loop_settings)
     work_started = time.monotonic()
@@ -343,6 +372,8 @@ async def _run_cases(
         async with asyncio.TaskGroup() as group:
             for case in todo:
                 group.create_task(_run_case(case, clients, loop_settings, layout, reporter, gate))
+            for case in rejudge:
+                group.create_task(_rejudge_case(case, clients, loop_settings, layout, reporter, gate))
     except* RunInterrupted as stopped:
         raise stopped.exceptions[0] from None
     finally:
@@ -356,6 +387,7 @@ async def _run_cases(
         "wall_s": time.monotonic() - started,
         "cases_wall_s": time.monotonic() - work_started,
         "cases_run": len(todo),
+        "cases_rejudged": len(rejudge),
         "services": services,
         # Calls, images and seconds with calls open, per replica that answered.
         "replicas": clients.replicas(),

@@ -114,6 +114,13 @@ class CaseUsage:
             for service, methods in sorted(self.services.items())
         }
 
+    @classmethod
+    def from_record(cls, record: dict[str, dict[str, Any]]) -> CaseUsage:
+        """The inverse of `record` (what a finished case's "usage" holds)."""
+        return cls(
+            {service: {m: Totals.from_record(t) for m, t in methods.items()} for service, methods in record.items()}
+        )
+
 
 CURRENT: contextvars.ContextVar[CaseUsage | None] = contextvars.ContextVar("regen_case_usage", default=None)
 
