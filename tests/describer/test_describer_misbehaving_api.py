@@ -306,3 +306,43 @@ def test_failure_metadata_reaches_the_grpc_error_details():
     info = error_details_pb2.ErrorInfo()
     status_pb2.Status.FromString(details).details[0].Unpack(info)
     assert info.reason == "FAILED_PRECONDITION" and dict(info.metadata) == {"attempts": "3", "api_calls": "3"}
+
+
+def test_failure_metadata_reaches_the_http_error_body_too():
+    """The same facts in the HTTP answer's ErrorInfo detail, scrubbed like the message, and
+    on the last line of a stream that an error ends."""
+    from regen.common import secrets
+    from regen.common.bento import StreamAborted, error_response, exception_body, ndjson_stream
+    from regen.common.errors import BadModelOutput
+
+    secrets.register(SECRET)
+    try:
+        error = BadModelOutput("judge: no valid answer").with_metadata(attempts=3, api_calls=3, served_model=SECRET)
+        response = error_response(error)
+        body = json.loads(bytes(response.body))
+    finally:
+        secrets.forget_all()
+    assert response.status_code == 422 and body["error"]["status"] == "FAILED_PRECONDITION"
+    (info,) = body["error"]["details"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert (info["reason"], info["domain"]) == ("FAILED_PRECONDITION", "regen.v1")
+    assert info["metadata"]["attempts"] == "3" and info["metadata"]["api_calls"] == "3"
+    assert SECRET not in json.dumps(body)
+    # An error without metadata has no detail.
+    assert "details" not in exception_body(BadModelOutput("judge: no valid answer"))["error"]
+
+    async def stream() -> list[str]:
+        async def lines():
+            yield '{"index": 0}\n'
+            raise BadModelOutput("variants: no valid answer").with_metadata(attempts=3)
+
+        response = await ndjson_stream(lines())
+        seen: list[str] = []
+        with pytest.raises(StreamAborted):
+            async for chunk in response.body_iterator:
+                seen.append(chunk)
+        return seen
+
+    first, last = asyncio.run(stream())
+    assert json.loads(first) == {"index": 0}
+    assert json.loads(last)["error"]["details"][0]["metadata"] == {"attempts": "3"}

@@ -9,6 +9,11 @@ validation refuses, has one body, the shape of Google's JSON API errors:
                "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
                             "fieldViolations": [{"field": "n", "description": "..."}]}]}}
 
+A RegenError with metadata (what a failed describer call cost: attempts, api_calls,
+tokens) carries it in a `google.rpc.ErrorInfo` detail, as its gRPC status does:
+`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "FAILED_PRECONDITION",
+"domain": "regen.v1", "metadata": {"attempts": "3", ...}}`.
+
 Streams (`ndjson_stream`) are newline-delimited JSON (application/x-ndjson). An error
 before the first line is an ordinary error answer (429 with Retry-After when the queue is
 full); an error after it is one last line in the error shape, and then the chunked body
@@ -35,7 +40,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, NoReturn, TypeVar
@@ -46,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, StreamingResponse
 
 from regen.common import metrics, secrets
-from regen.common.errors import InvalidInput, NotReady, RegenError
+from regen.common.errors import ERROR_DOMAIN, InvalidInput, NotReady, RegenError
 from regen.common.grpc_server import CoreSlot, GrpcHost
 from regen.common.serving import ModelLoadError, ServiceDefinition, load_core, report_fatal
 from regen.common.settings import load_settings
@@ -57,6 +62,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 # Seconds a client should wait before retrying a 429 or 503.
 RETRY_AFTER_S = 1
 NDJSON = "application/x-ndjson"
@@ -81,12 +87,30 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def error_body(http_status: int, status: str, message: str, violations: list[dict[str, str]] | None = None) -> dict:
-    """The one error body; its texts scrubbed of registered secrets."""
+def error_body(
+    http_status: int,
+    status: str,
+    message: str,
+    violations: list[dict[str, str]] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> dict:
+    """The one error body; its texts scrubbed of registered secrets. `metadata` (a
+    RegenError's: what a failed describer call cost, say) rides in an ErrorInfo detail,
+    as over gRPC."""
     error: dict[str, Any] = {"code": http_status, "status": status, "message": secrets.scrub(message)}
+    details: list[dict[str, Any]] = []
     if violations:
-        error["details"] = [{"@type": BAD_REQUEST_TYPE, "fieldViolations": secrets.scrub_data(violations)}]
+        details.append({"@type": BAD_REQUEST_TYPE, "fieldViolations": secrets.scrub_data(violations)})
+    if metadata:
+        scrubbed = {key: secrets.scrub(value) for key, value in metadata.items()}
+        details.append({"@type": ERROR_INFO_TYPE, "reason": status, "domain": ERROR_DOMAIN, "metadata": scrubbed})
+    if details:
+        error["details"] = details
     return {"error": error}
+
+
+def exception_body(exc: RegenError) -> dict:
+    return error_body(exc.http_status, exc.status, str(exc), metadata=exc.metadata)
 
 
 def error_response(exc: RegenError) -> JSONResponse:
@@ -94,7 +118,7 @@ def error_response(exc: RegenError) -> JSONResponse:
     retry may succeed. 4xx are the client's business and logged without a traceback."""
     headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.http_status in (429, 503) else None
     log_error(exc)
-    return JSONResponse(error_body(exc.http_status, exc.status, str(exc)), exc.http_status, headers=headers)
+    return JSONResponse(exception_body(exc), exc.http_status, headers=headers)
 
 
 def log_error(exc: RegenError) -> None:
@@ -127,7 +151,7 @@ async def ndjson_stream(lines: AsyncIterator[str]) -> StreamingResponse | JSONRe
                 yield line
         except RegenError as exc:
             log_error(exc)
-            yield json.dumps(error_body(exc.http_status, exc.status, str(exc))) + "\n"
+            yield json.dumps(exception_body(exc)) + "\n"
             raise StreamAborted(f"stream ended by an error after its first line: {exc.status}") from None
 
     return StreamingResponse(body(), media_type=NDJSON)

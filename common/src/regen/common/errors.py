@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from typing import Self
 
+# google.rpc.ErrorInfo.domain of every regen error, over gRPC and HTTP alike.
+ERROR_DOMAIN = "regen.v1"
 # "prompts[2].seed", "iut.objects[0].type", "reference_png": a field path, not prose.
 _FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*")
 

@@ -27,15 +27,13 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from regen.common import metrics, secrets
-from regen.common.errors import InvalidInput, NotReady, RegenError
+from regen.common.errors import ERROR_DOMAIN, InvalidInput, NotReady, RegenError
 from regen.common.settings import TLSFiles
 from regen.common.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-# google.rpc.ErrorInfo.domain of every regen error.
-ERROR_DOMAIN = "regen.v1"
 C = TypeVar("C")
 
 
