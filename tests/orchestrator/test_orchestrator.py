@@ -494,6 +494,35 @@ def test_rich_progress_renders_stage_counts():
     assert isinstance(make_reporter("auto", io.StringIO()), type(make_reporter("plain", io.StringIO())))
 
 
+@pytest.mark.parametrize("style", ["plain", "rich"])
+def test_progress_scrubs_secrets_and_shows_brackets_as_text(style):
+    """A failure's message is text from elsewhere: a registered key never reaches the
+    terminal, and "prompts[2]" or "[red]" is printed as written, not read as markup."""
+    from rich.console import Console
+
+    from regen.common import secrets
+    from regen.orchestrator.progress import PlainReporter, RichReporter
+
+    key = "sk-progress-0123456789abcdef"
+    stream = io.StringIO()
+    reporter = (
+        PlainReporter(stream)
+        if style == "plain"
+        else RichReporter(Console(file=stream, force_terminal=False, width=200, color_system=None))
+    )
+    secrets.register(key)
+    try:
+        reporter.start(2, 0)
+        reporter.case_failed("[bold]x", f"generate: prompts[2].seed: refused with key {key} [red]")
+        reporter.message(f"note: {key}")
+        reporter.stop()
+    finally:
+        secrets.forget_all()
+    text = stream.getvalue()
+    assert key not in text
+    assert "[bold]x" in text and "prompts[2].seed" in text and "[red]" in text
+
+
 # --- local services ---------------------------------------------------------------------
 
 

@@ -35,7 +35,9 @@ PortFileOpt = Annotated[
 
 
 def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    from regen.common import secrets
+
+    typer.secho(f"error: {secrets.scrub(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 

@@ -1,7 +1,9 @@
 """Progress of a run: a live rich display on a terminal, plain log lines otherwise.
 
 Both show cases done and failed, how many cases are in each stage, and an estimate of
-the time left (from the mean time per finished case at the current concurrency).
+the time left (from the mean time per finished case at the current concurrency). Every
+text from elsewhere (a failure's message) is scrubbed of registered secrets and shown
+as text, never as rich markup.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from regen.common import secrets
 from regen.orchestrator.loop import STAGES
 
 log = logging.getLogger("regen.run")
@@ -84,7 +88,7 @@ class PlainReporter(Reporter):
         self._last = time.monotonic()
 
     def _line(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.stream, flush=True)
+        print(f"{time.strftime('%H:%M:%S')} {secrets.scrub(text)}", file=self.stream, flush=True)
 
     def _status(self) -> str:
         c = self.counts
@@ -153,7 +157,7 @@ class RichReporter(Reporter):
         self.bar.reset(self.task, total=total, completed=skipped, done=skipped, failed=0)
         self.live.start()
         if skipped:
-            self.console.print(f"resuming: {skipped} of {total} cases already finished")
+            self.console.print(f"resuming: {skipped} of {total} cases already finished", markup=False)
 
     def stage(self, case_id: str, stage: str) -> None:
         self.counts.stages[case_id] = stage
@@ -167,11 +171,12 @@ class RichReporter(Reporter):
     def case_failed(self, case_id: str, message: str) -> None:
         self.counts.stages.pop(case_id, None)
         self.counts.failed += 1
-        self.console.print(f"[red]{case_id} failed:[/red] {message}", markup=True, highlight=False)
+        line = f"[red]{escape(case_id)} failed:[/red] {escape(secrets.scrub(message))}"
+        self.console.print(line, markup=True, highlight=False)
         self._refresh()
 
     def message(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        self.console.print(secrets.scrub(text), markup=False, highlight=False)
 
     def stop(self) -> None:
         self._refresh()
