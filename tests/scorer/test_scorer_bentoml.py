@@ -89,6 +89,9 @@ def test_unknown_fields_and_bad_values_get_one_error_shape(bento) -> None:
 
     status, body = post_json(f"{http_url}/score", {"reference_png": "not base64!", "candidate_pngs": [reference]})
     assert status == 400 and body["error"]["message"].startswith("reference_png: not valid base64")
+    # A field the core names is a field violation too, as in gRPC's BadRequest detail.
+    [violations] = body["error"]["details"]
+    assert violations["fieldViolations"][0]["field"] == "reference_png"
 
     status, body = post_json(f"{http_url}/score", {"reference_png": reference, "candidate_pngs": [reference] * 65})
     assert status == 429 and body["error"]["status"] == "RESOURCE_EXHAUSTED"

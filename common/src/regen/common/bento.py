@@ -110,7 +110,11 @@ def error_body(
 
 
 def exception_body(exc: RegenError) -> dict:
-    return error_body(exc.http_status, exc.status, str(exc), metadata=exc.metadata)
+    """A RegenError's body: a field the core names (InvalidInput) in a field violation, as
+    over gRPC's BadRequest; its metadata in an ErrorInfo."""
+    field = exc.field if isinstance(exc, InvalidInput) else ""
+    violations = [{"field": field, "description": str(exc)}] if field else None
+    return error_body(exc.http_status, exc.status, str(exc), violations, metadata=exc.metadata)
 
 
 def error_response(exc: RegenError) -> JSONResponse:
