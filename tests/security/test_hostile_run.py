@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support.hostile_api import KEY_ENV, PLANTED_KEY, HostileAPI, serve
+from support.fake_images_api import serve
+from support.hostile_api import KEY_ENV, PLANTED_KEY, HostileAPI
 from support.scenes import scene, scene_png
 
 pytestmark = pytest.mark.slow

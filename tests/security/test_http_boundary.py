@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from support.bento_server import post, serve_bento
-from support.hostile_api import KEY_ENV, PLANTED_KEY, HostileAPI, serve
+from support.fake_images_api import serve
+from support.hostile_api import KEY_ENV, PLANTED_KEY, HostileAPI
 
 MODEL = "regen-test-image-model"
 pytestmark = pytest.mark.slow

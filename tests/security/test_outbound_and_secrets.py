@@ -11,7 +11,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from support.hostile_api import KEY_ENV, PLANTED_KEY, HostileAPI, serve
+from support.fake_images_api import serve
+from support.hostile_api import KEY_ENV, PLANTED_KEY, HostileAPI
 
 from regen.common import secrets
 from regen.common.errors import RegenError, UpstreamError

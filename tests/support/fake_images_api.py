@@ -100,14 +100,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, {"created": 1, "data": data, "usage": usage})
 
 
-def _serve(api: FakeImagesAPI) -> Iterator[FakeImagesAPI]:
-    thread = threading.Thread(target=api.serve_forever, daemon=True)
-    thread.start()
-    yield api
-    api.shutdown()
-    api.server_close()
-
-
 Server = TypeVar("Server", bound=ThreadingHTTPServer)
 
 
@@ -115,6 +107,8 @@ def serve(api: Server) -> Iterator[Server]:
     """For a fixture: `yield from serve(FakeImagesAPI())` (any threading HTTP server)."""
     thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
-    yield api
-    api.shutdown()
-    api.server_close()
+    try:
+        yield api
+    finally:
+        api.shutdown()
+        api.server_close()

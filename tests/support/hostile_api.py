@@ -19,7 +19,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -152,13 +152,3 @@ class _Handler(BaseHTTPRequestHandler):
         width, height = (int(v) for v in body["size"].split("x"))
         data = [{"b64_json": base64.b64encode(png_bytes(width, height, prompt)).decode()}]
         self._reply(200, {"created": 1, "data": data})
-
-
-def serve(api: HostileAPI) -> Iterator[HostileAPI]:
-    thread = threading.Thread(target=api.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield api
-    finally:
-        api.shutdown()
-        api.server_close()
