@@ -257,6 +257,11 @@ def _judgement(judged: describer_pb2.JudgeResponse) -> dict[str, Any]:
     }
 
 
+def _judge_metrics(judged: describer_pb2.JudgeResponse) -> dict[str, float]:
+    content, quality = judged.content_consistency, judged.perceptual_quality
+    return {"judge_content": content, "judge_quality": quality, "judge_mean": (content + quality) / 2}
+
+
 def _check_scores(judged: describer_pb2.JudgeResponse) -> None:
     for label, value in (
         ("content_consistency", judged.content_consistency),
@@ -474,8 +479,7 @@ class CaseRunner:
         record.pop("judge_failure", None)
         record["judge"] = None
         if judged is not None:
-            content, quality = judged.content_consistency, judged.perceptual_quality
-            metrics.update(judge_content=content, judge_quality=quality, judge_mean=(content + quality) / 2)
+            metrics.update(_judge_metrics(judged))
             record["judge"] = _judgement(judged)
         else:
             record["judge_failure"] = failure
@@ -555,10 +559,7 @@ class CaseRunner:
         metrics: dict[str, float] = {name: scores[name] for name in sorted(scores)}
         metrics["selection"] = best.selection
         if judged is not None:
-            content, quality = judged.content_consistency, judged.perceptual_quality
-            metrics["judge_content"] = content
-            metrics["judge_quality"] = quality
-            metrics["judge_mean"] = (content + quality) / 2
+            metrics.update(_judge_metrics(judged))
         extra: dict[str, Any] = {}
         if judge_failure is not None:
             extra["judge_failure"] = judge_failure

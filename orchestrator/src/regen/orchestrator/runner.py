@@ -187,11 +187,7 @@ async def _prepare_connected(
     reporter: Reporter,
     started: float,
 ) -> PrepareSummary:
-    describer_info, generator_info, scorer_info = await asyncio.gather(
-        clients.describer.info(), clients.generator.info(), clients.scorer.info()
-    )
-    check_services(settings, describer_info, generator_info, scorer_info)
-    loop_settings = _loop_settings(settings, cases, describer_info, generator_info, scorer_info)
+    _infos, loop_settings = await _checked_services(settings, cases, clients)
     slots = asyncio.Semaphore(settings.prepare_ahead)
     failed: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="regen-prepare-") as scratch:
@@ -217,6 +213,16 @@ async def _prepare_connected(
         finally:
             reporter.stop()
     return PrepareSummary(total=len(cases), prepared=len(cases) - len(failed), failed=failed)
+
+
+async def _checked_services(
+    settings: OrchestratorSettings, cases: list[Case], clients: Clients
+) -> tuple[tuple[Any, Any, Any], LoopSettings]:
+    """The three services' Info (describer, generator, scorer), checked against the
+    settings before anything is written, and the loop's settings drawn from them."""
+    infos = await asyncio.gather(clients.describer.info(), clients.generator.info(), clients.scorer.info())
+    check_services(settings, *infos)
+    return (infos[0], infos[1], infos[2]), _loop_settings(settings, cases, *infos)
 
 
 def _loop_settings(
@@ -259,11 +265,7 @@ async def _run_connected(
     reporter: Reporter,
     started: float,
 ) -> RunSummary:
-    describer_info, generator_info, scorer_info = await asyncio.gather(
-        clients.describer.info(), clients.generator.info(), clients.scorer.info()
-    )
-    check_services(settings, describer_info, generator_info, scorer_info)  # before the run folder exists
-    loop_settings = _loop_settings(settings, cases, describer_info, generator_info, scorer_info)
+    (describer_info, generator_info, scorer_info), loop_settings = await _checked_services(settings, cases, clients)
     identity = run_identity(settings, dataset, cases, describe_models(describer_info, generator_info, scorer_info))
     config_hash = stable_hash(identity)
     generator_model = identity["models"]["generator"]["model_id"]
@@ -316,36 +318,45 @@ async def _run_case(
     if final["status"] == REFUSED:
         reporter.case_done(case.id, f"refused: the generator refused all {final['candidates']['total']} candidates")
         return
-    m = final["metrics"]
-    judge = f"judge {m['judge_content']}/{m['judge_quality']}" if "judge_content" in m else "judge failed"
-    reporter.case_done(case.id, f"selection {m['selection']:.4f}, {judge}")
+    reporter.case_done(case.id, f"selection {final['metrics']['selection']:.4f}, {_judge_summary(final['metrics'])}")
 
 
-def _judge_failed_transiently(layout: RunLayout, case: Case) -> bool:
+def _transient_judge_failure(layout: RunLayout, case: Case) -> dict[str, Any] | None:
+    """A finished case's record when its Judge failed for a passing reason, else None."""
     try:
         final = read_json(layout.final_metrics_file(case.id))
     except (OSError, ValueError):
-        return False  # the report and the aggregate name an unreadable record
-    return isinstance(final, dict) and judge_failed_transiently(final)
+        return None  # the report and the aggregate name an unreadable record
+    return final if isinstance(final, dict) and judge_failed_transiently(final) else None
+
+
+def _judge_summary(metrics: dict[str, Any]) -> str:
+    return (
+        f"judge {metrics['judge_content']}/{metrics['judge_quality']}" if "judge_content" in metrics else "judge failed"
+    )
 
 
 async def _rejudge_case(
-    case: Case, clients: Clients, loop_settings: LoopSettings, layout: RunLayout, reporter: Reporter, gate: Gate
+    case: Case,
+    final: dict[str, Any],
+    clients: Clients,
+    loop_settings: LoopSettings,
+    layout: RunLayout,
+    reporter: Reporter,
+    gate: Gate,
 ) -> None:
     """A finished case whose Judge failed transiently last time: only the judge again.
     The case stays finished whatever happens; a new failure replaces the old one."""
     ticket = await gate.start()
     runner = CaseRunner(clients, loop_settings, layout, case, on_stage=reporter.stage)
     try:
-        final = await runner.rejudge(read_json(layout.final_metrics_file(case.id)))
+        judged = await runner.rejudge(final)
     except CaseFailed as failure:
         reporter.case_done(case.id, f"judged again, but {failure.stage} failed: {failure}; the case stands as it was")
         return
     finally:
         gate.finish(ticket)
-    m = final["metrics"]
-    judge = f"judge {m['judge_content']}/{m['judge_quality']}" if "judge_content" in m else "judge failed again"
-    reporter.case_done(case.id, f"judged again: {judge}")
+    reporter.case_done(case.id, f"judged again: {_judge_summary(judged['metrics'])}")
 
 
 async def _run_cases(
@@ -358,8 +369,13 @@ async def _run_cases(
     reporter: Reporter,
     started: float,
 ) -> RunSummary:
-    todo = [case for case in cases if not layout.is_done(case.id)]
-    rejudge = [case for case in cases if case not in todo and _judge_failed_transiently(layout, case)]
+    todo: list[Case] = []
+    rejudge: list[tuple[Case, dict[str, Any]]] = []
+    for case in cases:
+        if not layout.is_done(case.id):
+            todo.append(case)
+        elif (final := _transient_judge_failure(layout, case)) is not None:
+            rejudge.append((case, final))
     skipped = len(cases) - len(todo) - len(rejudge)
     busy_before = await _busy(clients)
     gate = make_gate(settings, clients, loop_settings)
@@ -372,8 +388,8 @@ async def _run_cases(
         async with asyncio.TaskGroup() as group:
             for case in todo:
                 group.create_task(_run_case(case, clients, loop_settings, layout, reporter, gate))
-            for case in rejudge:
-                group.create_task(_rejudge_case(case, clients, loop_settings, layout, reporter, gate))
+            for case, final in rejudge:
+                group.create_task(_rejudge_case(case, final, clients, loop_settings, layout, reporter, gate))
     except* RunInterrupted as stopped:
         raise stopped.exceptions[0] from None
     finally:
