@@ -67,10 +67,12 @@ def judge_lines(benchmark: dict[str, Any]) -> list[Text]:
     was checked; and the cases whose judge failed (judge metrics missing)."""
     reliability = benchmark.get("judge_reliability") or {}
     lines = []
-    if reliability.get("passed") is False:
+    unreliable = reliability.get("passed") is False
+    if unreliable:
         lines.append(Text("warning: the judge's scores are not reliable in this run:", style="bold yellow"))
     for warning in reliability.get("warnings", []):
-        lines.append(Text(f"  warning: {warning}", style="yellow"))
+        # Under the heading, a list item; alone, a warning of its own.
+        lines.append(Text(f"  - {warning}" if unreliable else f"warning: {warning}", style="yellow"))
     if reliability.get("passed"):
         swap, control = reliability["swap"], reliability["control"]
         lines.append(
